@@ -1,0 +1,23 @@
+/* The `ztm` command line: a table of subcommands, each a function taking the
+ * arguments after its name. Exit codes: 0 ok, 1 runtime failure, 2 usage or
+ * bad input (one line on stderr naming the input and what to do). */
+#ifndef ZTM_CLI_CLI_H
+#define ZTM_CLI_CLI_H
+
+#define ZTM_EXIT_OK 0
+#define ZTM_EXIT_FAIL 1
+#define ZTM_EXIT_USAGE 2
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv); /* argv[0] is the subcommand's name */
+    const char *summary;
+    int hidden;
+} ztm_cli_command_t;
+
+/* Prints "ztm CMD: error: MESSAGE" on stderr; returns ZTM_EXIT_USAGE. */
+int ztm_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+int ztm_cmd_relay(int argc, char **argv);
+
+#endif

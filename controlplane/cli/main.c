@@ -1,0 +1,87 @@
+/* ztm: one executable, dispatching to subcommands through a table. */
+#include "controlplane/cli/cli.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static int cmd_version(int argc, char **argv);
+static int cmd_help(int argc, char **argv);
+
+static const ztm_cli_command_t commands[] = {
+    {"relay", ztm_cmd_relay, "forward a TCP port to another address (L4 relay)", 0},
+    {"version", cmd_version, "print the version", 0},
+    {"help", cmd_help, "show this help, or a command's help", 0},
+};
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+int ztm_cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "ztm %s: error: %s\n", cmd, msg);
+    return ZTM_EXIT_USAGE;
+}
+
+static void print_usage(FILE *f)
+{
+    fprintf(f, "ztm %s — a Zero Trust Mesh\n\nUsage: ztm <command> [options]\n\nCommands:\n",
+            ZTM_VERSION);
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (!commands[i].hidden)
+            fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\nRun 'ztm <command> --help' for a command's options.\n");
+}
+
+static const ztm_cli_command_t *find_command(const char *name)
+{
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+static int cmd_version(int argc, char **argv)
+{
+    if (argc > 1)
+        return ztm_cli_usage_error("version", "unexpected argument '%s'", argv[1]);
+    printf("ztm %s\n", ZTM_VERSION);
+    return ZTM_EXIT_OK;
+}
+
+static int cmd_help(int argc, char **argv)
+{
+    if (argc > 1) {
+        const ztm_cli_command_t *c = find_command(argv[1]);
+        if (!c || c->run == cmd_help) {
+            if (!c)
+                return ztm_cli_usage_error("help", "unknown command '%s' (try 'ztm help')", argv[1]);
+        } else {
+            char *args[] = {argv[1], "--help", NULL};
+            return c->run(2, args);
+        }
+    }
+    print_usage(stdout);
+    return ZTM_EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        print_usage(stderr);
+        return ZTM_EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+        return cmd_help(1, argv + 1);
+    if (strcmp(argv[1], "--version") == 0)
+        return cmd_version(1, argv + 1);
+    const ztm_cli_command_t *c = find_command(argv[1]);
+    if (!c) {
+        fprintf(stderr, "ztm: error: unknown command '%s' (try 'ztm help')\n", argv[1]);
+        return ZTM_EXIT_USAGE;
+    }
+    return c->run(argc - 1, argv + 1);
+}
