@@ -71,7 +71,10 @@ static size_t pairs_to_json(char *dst, size_t cap, const char *src)
         PUT('"');
         PUT(':');
         if (*p != '=') {
-            PUT('t'), PUT('r'), PUT('u'), PUT('e');
+            PUT('t');
+            PUT('r');
+            PUT('u');
+            PUT('e');
             continue;
         }
         p++;
