@@ -105,7 +105,7 @@ void ztm_log_(ztm_log_level_t level, const char *event, const char *fmt, ...)
     char line[2048];
     struct timespec ts;
     struct tm tm;
-    char when[40];
+    char when[64];
 
     va_list ap;
     va_start(ap, fmt);
@@ -114,8 +114,8 @@ void ztm_log_(ztm_log_level_t level, const char *event, const char *fmt, ...)
 
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ts.tv_nsec / 1000000));
 
     char who[16];
     if (log_worker >= 0)
