@@ -1,0 +1,187 @@
+/* Addresses and listener groups; see net.h. */
+#include "dataplane/runtime/net.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int parse_port(const char *p, unsigned *port)
+{
+    if (!*p)
+        return -1;
+    unsigned long v = 0;
+    for (const char *c = p; *c; c++) {
+        if (*c < '0' || *c > '9')
+            return -1;
+        v = v * 10 + (unsigned long)(*c - '0');
+        if (v > 65535)
+            return -2;
+    }
+    *port = (unsigned)v;
+    return 0;
+}
+
+int ztm_addr_parse(const char *s, ztm_addr_t *out, const char **why)
+{
+    char host[256];
+    const char *port_s;
+    *why = "invalid address";
+    if (!s || !*s) {
+        *why = "empty address";
+        return -EINVAL;
+    }
+    if (s[0] == '[') {
+        const char *end = strchr(s, ']');
+        if (!end || end[1] != ':') {
+            *why = end ? "missing port (use [IPV6]:PORT)" : "missing ']'";
+            return -EINVAL;
+        }
+        size_t hl = (size_t)(end - s - 1);
+        if (hl == 0 || hl >= sizeof(host))
+            return -EINVAL;
+        memcpy(host, s + 1, hl);
+        host[hl] = 0;
+        port_s = end + 2;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (!colon) {
+            *why = "missing port (use HOST:PORT)";
+            return -EINVAL;
+        }
+        if (memchr(s, ':', (size_t)(colon - s))) {
+            *why = "IPv6 addresses need brackets: [IPV6]:PORT";
+            return -EINVAL;
+        }
+        size_t hl = (size_t)(colon - s);
+        if (hl >= sizeof(host)) {
+            *why = "host name too long";
+            return -EINVAL;
+        }
+        memcpy(host, s, hl);
+        host[hl] = 0;
+        port_s = colon + 1;
+    }
+    unsigned port;
+    int pr = parse_port(port_s, &port);
+    if (pr == -1) {
+        *why = *port_s ? "port is not a number" : "missing port (use HOST:PORT)";
+        return -EINVAL;
+    }
+    if (pr == -2) {
+        *why = "port out of range (0-65535)";
+        return -EINVAL;
+    }
+
+    memset(out, 0, sizeof(*out));
+    if (!host[0] || strcmp(host, "*") == 0) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&out->ss;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        in->sin_addr.s_addr = htonl(INADDR_ANY);
+        out->len = sizeof(*in);
+        return 0;
+    }
+    struct sockaddr_in *in = (struct sockaddr_in *)&out->ss;
+    if (inet_pton(AF_INET, host, &in->sin_addr) == 1) {
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        out->len = sizeof(*in);
+        return 0;
+    }
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&out->ss;
+    if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        out->len = sizeof(*in6);
+        return 0;
+    }
+    /* A dotted string that is not an IPv4 address is a typo, not a name. */
+    if (strspn(host, "0123456789.") == strlen(host)) {
+        *why = "invalid IPv4 address";
+        return -EINVAL;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res) {
+        *why = "cannot resolve host name";
+        return -EINVAL;
+    }
+    memcpy(&out->ss, res->ai_addr, res->ai_addrlen);
+    out->len = res->ai_addrlen;
+    if (out->ss.ss_family == AF_INET)
+        ((struct sockaddr_in *)&out->ss)->sin_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in6 *)&out->ss)->sin6_port = htons((uint16_t)port);
+    freeaddrinfo(res);
+    return 0;
+}
+
+void ztm_addr_format(const struct sockaddr *sa, char *buf, size_t cap)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+        snprintf(buf, cap, "%s:%u", ip, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+        snprintf(buf, cap, "[%s]:%u", ip, ntohs(in6->sin6_port));
+    } else {
+        snprintf(buf, cap, "unknown");
+    }
+}
+
+int ztm_listen_group(const ztm_addr_t *addr, unsigned n, int backlog, int *fds, ztm_addr_t *bound)
+{
+    ztm_addr_t a = *addr;
+    unsigned i;
+    int ret = 0;
+    for (i = 0; i < n; i++) {
+        int fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            ret = -errno;
+            break;
+        }
+        int one = 1;
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+            bind(fd, (struct sockaddr *)&a.ss, a.len) < 0 || listen(fd, backlog) < 0) {
+            ret = -errno;
+            close(fd);
+            break;
+        }
+        fds[i] = fd;
+        if (i == 0) {
+            a.len = sizeof(a.ss);
+            if (getsockname(fd, (struct sockaddr *)&a.ss, &a.len) < 0) {
+                ret = -errno;
+                i++;
+                break;
+            }
+            *bound = a;
+        }
+    }
+    if (ret < 0)
+        while (i > 0)
+            close(fds[--i]);
+    return ret;
+}
+
+void ztm_sock_nodelay(int fd)
+{
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+void ztm_sock_abortive(int fd)
+{
+    struct linger l = {.l_onoff = 1, .l_linger = 0};
+    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+}
