@@ -88,8 +88,6 @@ struct relay_worker {
     unsigned n_sessions;
     uint64_t next_id;
     dir_t *starved_head, *starved_tail;
-    struct sockaddr_storage accept_addr;
-    socklen_t accept_addrlen;
 };
 
 static void session_close(session_t *s, const char *reason, bool abortive);
@@ -356,8 +354,11 @@ static void session_start(relay_worker_t *rw, int fd)
 {
     ztm_worker_t *w = rw->w;
     ztm_relay_t *r = rw->relay;
-    char client[ZTM_ADDRSTRLEN];
-    ztm_addr_format((struct sockaddr *)&rw->accept_addr, client, sizeof(client));
+    char client[ZTM_ADDRSTRLEN] = "unknown";
+    struct sockaddr_storage peer;
+    socklen_t peer_len = sizeof(peer);
+    if (getpeername(fd, (struct sockaddr *)&peer, &peer_len) == 0)
+        ztm_addr_format((struct sockaddr *)&peer, client, sizeof(client));
 
     unsigned live = atomic_fetch_add(&r->live, 1);
     if (live >= r->cfg.max_conns) {
@@ -409,10 +410,10 @@ static void session_start(relay_worker_t *rw, int fd)
 /* ---- accepting ------------------------------------------------------- */
 static void arm_accept(relay_worker_t *rw)
 {
-    rw->accept_addrlen = sizeof(rw->accept_addr);
+    /* No address buffer: a multishot accept would write every peer's
+     * address into the same one; session_start asks getpeername instead. */
     struct io_uring_sqe *sqe = ztm_worker_sqe(rw->w, &rw->accept_op);
-    io_uring_prep_multishot_accept(sqe, rw->listen_fd, (struct sockaddr *)&rw->accept_addr,
-                                   &rw->accept_addrlen, SOCK_CLOEXEC);
+    io_uring_prep_multishot_accept(sqe, rw->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 }
 
 static void on_accept_retry(ztm_timer_t *t)
