@@ -59,9 +59,10 @@ ztm_worker_t *w0;
 
 static int svc_start(ztm_worker_t *w, void *arg)
 {
-    engine = ztm_worker_engine(w);
     if (ztm_worker_id(w) != 0)
         return 0;
+    /* Read by the engine thread in on_ready, after the start barrier. */
+    engine = ztm_worker_engine(w);
     w0 = w;
     owner_t *o = calloc(1, sizeof(*o));
     the_owner = o;
