@@ -361,6 +361,14 @@ static int nth_allowed_cpu(unsigned i)
     return -1;
 }
 
+void ztm_engine_shutdown(ztm_engine_t *e, int from)
+{
+    ztm_msg_t m = {.type = ZTM_MSG_DRAIN};
+    for (unsigned i = 0; i < e->n; i++)
+        if (!ztm_engine_post(e, from, i, &m))
+            ztm_log(ZTM_LOG_ERROR, "engine.post", "worker=%u msg=\"mailbox full\"", i);
+}
+
 static void post_all(ztm_engine_t *e, uint32_t type)
 {
     ztm_msg_t m = {.type = type};

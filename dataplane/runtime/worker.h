@@ -136,5 +136,8 @@ enum { ZTM_MSG_DRAIN = 1, ZTM_MSG_STOP = 2, ZTM_MSG_SERVICE = 16 };
  * queue is full (the caller retries or drops and counts). */
 bool ztm_engine_post(ztm_engine_t *e, int from, unsigned to, const ztm_msg_t *m);
 unsigned ztm_engine_workers(const ztm_engine_t *e);
+/* From worker FROM: drain every worker, as the first signal would (a client
+ * whose work is done ends the engine this way). */
+void ztm_engine_shutdown(ztm_engine_t *e, int from);
 
 #endif

@@ -24,6 +24,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "dataplane/runtime/acceptor.h"
 #include "dataplane/runtime/log.h"
 #include "dataplane/runtime/worker.h"
 
@@ -78,12 +79,9 @@ struct session {
 };
 
 struct relay_worker {
-    ztm_ref_t ref; /* held by the accept op while in flight */
     ztm_relay_t *relay;
     ztm_worker_t *w;
-    int listen_fd;
-    ztm_op_t accept_op;
-    ztm_timer_t accept_retry;
+    ztm_acceptor_t acceptor;
     session_t *sessions; /* live list */
     unsigned n_sessions;
     uint64_t next_id;
@@ -408,53 +406,9 @@ static void session_start(relay_worker_t *rw, int fd)
 }
 
 /* ---- accepting ------------------------------------------------------- */
-static void arm_accept(relay_worker_t *rw)
+static void on_accept(ztm_acceptor_t *a, int fd)
 {
-    /* No address buffer: a multishot accept would write every peer's
-     * address into the same one; session_start asks getpeername instead. */
-    struct io_uring_sqe *sqe = ztm_worker_sqe(rw->w, &rw->accept_op);
-    io_uring_prep_multishot_accept(sqe, rw->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-}
-
-static void on_accept_retry(ztm_timer_t *t)
-{
-    relay_worker_t *rw = (relay_worker_t *)((char *)t - offsetof(relay_worker_t, accept_retry));
-    if (!ztm_worker_draining(rw->w) && !rw->accept_op.inflight)
-        arm_accept(rw);
-}
-
-static void on_accept(ztm_worker_t *w, ztm_op_t *op, int res, uint32_t flags)
-{
-    relay_worker_t *rw = (relay_worker_t *)((char *)op - offsetof(relay_worker_t, accept_op));
-    bool more = flags & IORING_CQE_F_MORE;
-    if (res >= 0) {
-        if (ztm_worker_draining(w))
-            close(res);
-        else
-            session_start(rw, res);
-    } else if (res != -ECANCELED) {
-        ztm_log(ZTM_LOG_WARN, "relay.accept_error", "error=\"%s\"", strerror(-res));
-    }
-    if (more)
-        return;
-    if (ztm_worker_draining(w)) {
-        if (rw->listen_fd >= 0) {
-            close(rw->listen_fd);
-            rw->listen_fd = -1;
-        }
-        return;
-    }
-    /* The multishot ended (e.g. EMFILE): try again shortly, not in a hot loop. */
-    uint64_t delay = res == -EMFILE || res == -ENFILE || res == -ENOMEM ? 100 * ZTM_NS_PER_MS : 0;
-    if (delay)
-        ztm_timer_arm(ztm_worker_timers(w), &rw->accept_retry, ztm_worker_now(w) + delay);
-    else
-        arm_accept(rw);
-}
-
-static void relay_worker_release(ztm_ref_t *ref)
-{
-    (void)ref; /* freed in finish(), after the loop */
+    session_start(a->user, fd);
 }
 
 /* ---- the service ----------------------------------------------------- */
@@ -464,15 +418,11 @@ static int svc_start(ztm_worker_t *w, void *arg)
     relay_worker_t *rw = calloc(1, sizeof(*rw));
     if (!rw)
         return -ENOMEM;
-    ztm_ref_init(&rw->ref, relay_worker_release);
     rw->relay = r;
     rw->w = w;
-    rw->listen_fd = r->listen_fds[ztm_worker_id(w)];
-    r->listen_fds[ztm_worker_id(w)] = -1; /* the worker owns it now */
-    ztm_op_init(&rw->accept_op, on_accept, &rw->ref);
-    ztm_timer_init(&rw->accept_retry, on_accept_retry);
     ztm_worker_set_data(w, rw);
-    arm_accept(rw);
+    ztm_acceptor_start(&rw->acceptor, w, r->listen_fds[ztm_worker_id(w)], on_accept, rw);
+    r->listen_fds[ztm_worker_id(w)] = -1; /* the worker owns it now */
     return 0;
 }
 
@@ -496,13 +446,7 @@ static void svc_tick(ztm_worker_t *w, void *arg)
 static void svc_drain(ztm_worker_t *w, void *arg)
 {
     relay_worker_t *rw = ztm_worker_data(w);
-    ztm_timer_cancel(ztm_worker_timers(w), &rw->accept_retry);
-    if (rw->accept_op.inflight) {
-        ztm_worker_cancel_op(w, &rw->accept_op);
-    } else if (rw->listen_fd >= 0) {
-        close(rw->listen_fd);
-        rw->listen_fd = -1;
-    }
+    ztm_acceptor_stop(&rw->acceptor);
 }
 
 static void svc_stop(ztm_worker_t *w, void *arg)
@@ -522,7 +466,7 @@ static void svc_stop(ztm_worker_t *w, void *arg)
 static bool svc_idle(ztm_worker_t *w, void *arg)
 {
     relay_worker_t *rw = ztm_worker_data(w);
-    return !rw || (rw->n_sessions == 0 && rw->listen_fd < 0);
+    return !rw || (rw->n_sessions == 0 && ztm_acceptor_closed(&rw->acceptor));
 }
 
 static void svc_finish(ztm_worker_t *w, void *arg)
@@ -530,8 +474,8 @@ static void svc_finish(ztm_worker_t *w, void *arg)
     relay_worker_t *rw = ztm_worker_data(w);
     if (!rw)
         return;
-    if (rw->listen_fd >= 0)
-        close(rw->listen_fd);
+    if (rw->acceptor.fd >= 0) /* a start that failed elsewhere: never stopped */
+        close(rw->acceptor.fd);
     free(rw);
     ztm_worker_set_data(w, NULL);
 }
