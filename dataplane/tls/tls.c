@@ -649,6 +649,10 @@ size_t ztm_tls_recv_limit(const ztm_tls_conn_t *c)
 {
     if (c->ktls_decided || c->rx_scan.broken)
         return SIZE_MAX;
+    /* Handshake done, at a boundary: take nothing more until the switch
+     * (ztm_ktls_enable) has been tried. */
+    if (c->state == CONN_OPEN && ztm_tls_rec_scan_at_boundary(&c->rx_scan))
+        return 0;
     return ztm_tls_rec_scan_need(&c->rx_scan);
 }
 
@@ -736,6 +740,13 @@ static int ssl_failure(ztm_tls_conn_t *c, int ssl_err, const char *where)
         ztm_log(ZTM_LOG_WARN, event, "role=%s during=%s reason=alpn error=\"%s\"", role, where,
                 ssl_error_text(err, sizeof(err)));
         return ztm_tls_conn_fail_(c, ZTM_TLS_E_ALPN);
+    }
+    if (reason == SSL_R_UNSUPPORTED_PROTOCOL) {
+        ztm_log(ZTM_LOG_WARN, event,
+                "role=%s during=%s reason=protocol_version error=\"peer does not speak TLS 1.3\"",
+                role, where);
+        ERR_clear_error();
+        return ztm_tls_conn_fail_(c, ZTM_TLS_E_PROTOCOL);
     }
     if (ssl_err == SSL_ERROR_SYSCALL || (c->in_eof && e == 0)) {
         ERR_clear_error();

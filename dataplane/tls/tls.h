@@ -121,10 +121,13 @@ size_t ztm_tls_feed(ztm_tls_conn_t *conn, const void *buf, size_t len);
 /* The transport reached EOF: a read that needs more input then fails with
  * ZTM_TLS_E_TRUNCATED instead of -EAGAIN. */
 void ztm_tls_feed_eof(ztm_tls_conn_t *conn);
-/* The most bytes the caller may take off the socket now. SIZE_MAX normally;
- * while a kTLS switch is still possible (mode auto/on, before
- * ztm_ktls_enable), only up to the end of the current TLS record, so that
- * no byte beyond the handshake leaves the kernel's receive queue. */
+/* The most bytes the caller may take off the socket now. SIZE_MAX normally.
+ * While a kTLS switch is still possible (mode auto/on, before
+ * ztm_ktls_enable settles it): only up to the end of the current TLS
+ * record, so that no byte beyond the handshake leaves the kernel's receive
+ * queue; and 0 once the handshake is done and a record boundary reached:
+ * then read what is buffered (ztm_tls_read until -EAGAIN) and call
+ * ztm_ktls_enable, which lifts the limit. */
 size_t ztm_tls_recv_limit(const ztm_tls_conn_t *conn);
 
 /* ---- handshake ---------------------------------------------------------- */
