@@ -57,12 +57,14 @@ enum {
     S_RESPONDED = 1 << 7,    /* server: response submitted */
     S_GOT_RESPONSE = 1 << 8, /* client: final response head seen */
     S_TRAILERS_SENT = 1 << 9,
+    S_RST_AFTER_HEAD = 1 << 10, /* RST_STREAM NO_ERROR once our final head is out */
 };
 
 typedef struct h2_stream h2_stream_t;
 struct h2_stream {
     int32_t id;
     uint32_t flags;
+    uint32_t refused; /* error code reported at close for a refused stream */
     void *data;
     nghttp2_nv *trailers; /* one block: the array, then the strings */
     size_t n_trailers;
@@ -458,21 +460,24 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
 }
 
 /* A header list over max_header_list. A request gets 431 (and, if its
- * body is still coming, RST_STREAM NO_ERROR after it, RFC 9113 8.1); a
- * response or trailers we cannot take reset the stream. */
+ * body is still coming, RST_STREAM NO_ERROR after it, RFC 9113 8.1: a
+ * reset submitted now would cancel the queued head); a response or
+ * trailers we cannot take reset the stream, and the application hears
+ * ENHANCE_YOUR_CALM at close even if the stream had ended cleanly. */
 static void refuse_headers(ztm_h2_session_t *s, h2_stream_t *st, const nghttp2_frame *frame)
 {
     int32_t id = frame->hd.stream_id;
     ztm_log(ZTM_LOG_WARN, "h2.header_list_too_large", "conn=%llu stream=%d size=%zu limit=%u",
             (unsigned long long)s->cfg.conn_id, id, s->hb_list, s->cfg.max_header_list);
     st->flags |= S_DISCARD;
+    st->refused = NGHTTP2_ENHANCE_YOUR_CALM;
     if (s->role == ZTM_H2_SERVER && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
         nghttp2_nv nv = nv_str(":status", "431");
         st->flags |= S_RESPONDED;
         if (nghttp2_submit_response(s->ng, id, &nv, 1, NULL) != 0)
             nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_REFUSED_STREAM);
         else if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
-            nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR);
+            st->flags |= S_RST_AFTER_HEAD;
     } else {
         nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_ENHANCE_YOUR_CALM);
     }
@@ -608,6 +613,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, id);
     if (!st)
         return 0;
+    if (!error_code)
+        error_code = st->refused;
     if ((st->flags & S_APP) && s->cb.on_stream_close)
         s->cb.on_stream_close(s, s->user, id, st->data, error_code);
     nghttp2_session_set_stream_user_data(ng, id, NULL);
@@ -759,6 +766,13 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
 {
     ztm_h2_session_t *s = user;
     switch (frame->hd.type) {
+    case NGHTTP2_HEADERS: {
+        h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+        if (st && (st->flags & S_RST_AFTER_HEAD) &&
+            nghttp2_session_get_stream_remote_close(ng, frame->hd.stream_id) == 0)
+            nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+        break;
+    }
     case NGHTTP2_RST_STREAM: {
         /* A reset the application did not ask for was caused by the peer
          * (a stream error, a refused stream): it counts like one received. */
@@ -768,6 +782,23 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
         break;
     }
     case NGHTTP2_GOAWAY:
+        if (frame->goaway.error_code != NGHTTP2_NO_ERROR && !ending(s)) {
+            /* Not ours: nghttp2 found a connection error in what the peer
+             * sent (it reports those only by queueing this GOAWAY). */
+            int n = (int)(frame->goaway.opaque_data_len < 80 ? frame->goaway.opaque_data_len : 80);
+            char why[81];
+            for (int i = 0; i < n; i++) {
+                char c = (char)frame->goaway.opaque_data[i];
+                why[i] = c == '"' || c < 0x20 || c > 0x7e ? '?' : c;
+            }
+            why[n] = 0;
+            ztm_log(ZTM_LOG_INFO, "h2.protocol_error", "conn=%llu error=%s reason=\"%s\"",
+                    (unsigned long long)s->cfg.conn_id,
+                    nghttp2_http2_strerror(frame->goaway.error_code), why);
+            set_phase(s, P_TERMINATING);
+            s->close_err = ZTM_H2_E_PROTOCOL;
+            break;
+        }
         if (s->phase == P_NOTICE && frame->goaway.last_stream_id == INT32_MAX) {
             /* The notice is out: a PING behind it comes back after the peer
              * has read it. */

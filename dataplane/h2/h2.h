@@ -154,7 +154,11 @@ void ztm_h2_free(ztm_h2_session_t *s);
  *   ZTM_H2_E_PROTOCOL  the peer broke the protocol
  *   ZTM_H2_E_CALM      the peer went past a flood / reset limit
  *   ZTM_H2_E_CLOSED    the session had ended (GOAWAY both ways, no streams)
- *   ZTM_H2_E_INTERNAL  nghttp2 failed; nothing more will be written */
+ *   ZTM_H2_E_INTERNAL  nghttp2 failed; nothing more will be written
+ * Most protocol errors nghttp2 finds it reports only by queueing a GOAWAY:
+ * feed returns 0, the flush writes the GOAWAY, later feeds return
+ * ZTM_H2_E_PROTOCOL and ztm_h2_idle() turns true. So after every feed and
+ * flush the caller checks ztm_h2_want_write() and ztm_h2_idle(). */
 int ztm_h2_feed(ztm_h2_session_t *s, const uint8_t *data, size_t len);
 
 /* Writes pending frames into BUF (CAP bytes, any size >= 1) and sets
