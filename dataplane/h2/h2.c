@@ -937,9 +937,16 @@ void ztm_h2_free(ztm_h2_session_t *s)
 {
     if (!s)
         return;
-    nghttp2_session_del(s->ng); /* runs no callbacks */
-    while (s->streams)
-        stream_free(s, s->streams);
+    /* The application hears of every stream it knows once, even now. */
+    while (s->streams) {
+        h2_stream_t *st = s->streams;
+        if ((st->flags & S_APP) && s->cb.on_stream_close)
+            s->cb.on_stream_close(s, s->user, st->id, st->data, NGHTTP2_CANCEL);
+        if (s->ng && st->id > 0)
+            nghttp2_session_set_stream_user_data(s->ng, st->id, NULL);
+        stream_free(s, st);
+    }
+    nghttp2_session_del(s->ng);
     free(s->spill);
     free(s->hb);
     free(s->hent);

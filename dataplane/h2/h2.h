@@ -144,7 +144,9 @@ typedef struct {
  * connection window update. Returns 0, -ENOMEM or -EINVAL. */
 int ztm_h2_new(ztm_h2_session_t **out, ztm_h2_role_t role, const ztm_h2_callbacks_t *cb,
                void *user, const ztm_h2_config_t *cfg);
-/* Frees S and every stream state (no callbacks run). NULL is fine. */
+/* Frees S. Streams still open end with on_stream_close(ZTM_H2_CANCEL)
+ * first (so the application frees their data in one place); those calls
+ * must not call back into S but for ztm_h2_consume. NULL is fine. */
 void ztm_h2_free(ztm_h2_session_t *s);
 
 /* Consumes LEN plaintext bytes from the peer, all of them. Returns 0, or a

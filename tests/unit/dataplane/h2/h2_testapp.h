@@ -226,9 +226,9 @@ static ssize_t tapp_read_body(ztm_h2_session_t *s, void *user, int32_t id, void 
         size_t n = st->len - st->off;
         if (n > max)
             n = max;
-        memcpy(dst, st->buf + st->off, n);
-        st->off += n;
         if (n) {
+            memcpy(dst, st->buf + st->off, n);
+            st->off += n;
             ztm_h2_consume(s, id, n);
             a->unconsumed_total -= n;
         }

@@ -682,15 +682,16 @@ static void test_rapid_reset(void)
     pump(&p);
     /* open-and-cancel, as fast as possible, with no time passing */
     int i;
+    static creq_t many[200];
+    memset(many, 0, sizeof(many));
     for (i = 0; i < 200 && !p.s_err; i++) {
-        creq_t *r = calloc(1, sizeof(*r));
+        creq_t *r = &many[i];
         r->hold = true;
         if (get(&p, r, "/bytes/1000000") < 0)
             break;
         pump_once(&p); /* HEADERS out */
         ztm_h2_reset(p.c, r->id, ZTM_H2_CANCEL);
         pump_once(&p); /* RST_STREAM out */
-        /* the creq leaks on purpose: the client may still call back */
     }
     CHECK_EQ(p.s_err, ZTM_H2_E_CALM);
     CHECK(i > 40 && i <= 60);
