@@ -19,5 +19,6 @@ typedef struct {
 int ztm_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 int ztm_cmd_relay(int argc, char **argv);
+int ztm_cmd_h2test(int argc, char **argv);
 
 #endif

@@ -10,6 +10,7 @@ static int cmd_help(int argc, char **argv);
 
 static const ztm_cli_command_t commands[] = {
     {"relay", ztm_cmd_relay, "forward a TCP port to another address (L4 relay)", 0},
+    {"h2-test", ztm_cmd_h2test, "HTTP/2 test service and client (tests, benchmarks)", 1},
     {"version", cmd_version, "print the version", 0},
     {"help", cmd_help, "show this help, or a command's help", 0},
 };

@@ -40,6 +40,10 @@ void ztm_log_(ztm_log_level_t level, const char *event, const char *fmt, ...)
             ztm_log_((level), (event), __VA_ARGS__);                               \
     } while (0)
 
+/* The one startup line that scripts wait for (the bound address): printed
+ * at info whatever the level, so `--log-level warn` still says where we are. */
+#define ztm_log_ready(event, ...) ztm_log_(ZTM_LOG_INFO, (event), __VA_ARGS__)
+
 #define ztm_log_enabled(level) ((level) >= ztm_log_level_)
 
 #endif

@@ -291,6 +291,10 @@ static enum ssl_verify_result_t on_custom_verify(SSL *ssl, uint8_t *out_alert)
 
     const STACK_OF(CRYPTO_BUFFER) *certs = SSL_get0_peer_certificates(ssl);
     size_t n = certs ? sk_CRYPTO_BUFFER_num(certs) : 0;
+    if (n == 0 && c->ctx->client_cert_optional) {
+        result = ssl_verify_ok;
+        goto Exit;
+    }
     if (n == 0) {
         c->verify_reason = "no_certificate";
         *out_alert = SSL_AD_CERTIFICATE_REQUIRED;
@@ -492,6 +496,7 @@ int ztm_tls_ctx_new(ztm_tls_ctx_t **out, const ztm_tls_config_t *cfg)
     ctx->keylog_fd = -1;
     ctx->role = cfg->role;
     ctx->ktls = cfg->ktls;
+    ctx->client_cert_optional = cfg->role == ZTM_TLS_SERVER && cfg->client_cert_optional;
     ctx->hs_timeout_ms =
         cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : DEFAULT_HS_TIMEOUT_MS;
     ctx->in_cap = cfg->in_buf_size ? cfg->in_buf_size : DEFAULT_IN_CAP;
@@ -526,7 +531,9 @@ int ztm_tls_ctx_new(ztm_tls_ctx_t **out, const ztm_tls_config_t *cfg)
         goto Fail;
     }
     SSL_CTX_set_custom_verify(
-        sc, SSL_VERIFY_PEER | (cfg->role == ZTM_TLS_SERVER ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+        sc, SSL_VERIFY_PEER | (cfg->role == ZTM_TLS_SERVER && !ctx->client_cert_optional
+                                   ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+                                   : 0),
         on_custom_verify);
     if (cfg->role == ZTM_TLS_SERVER) {
         SSL_CTX_set_alpn_select_cb(sc, on_alpn_select, NULL);
@@ -816,7 +823,7 @@ int ztm_tls_handshake(ztm_tls_conn_t *c)
                 role_name(c->ctx->role));
         return ztm_tls_conn_fail_(c, ZTM_TLS_E_ALPN);
     }
-    if (SSL_version(c->ssl) != TLS1_3_VERSION || !c->peer) /* broken invariant */
+    if (SSL_version(c->ssl) != TLS1_3_VERSION || (!c->peer && !c->ctx->client_cert_optional)) /* broken invariant */
         abort();
     c->state = CONN_OPEN;
     ZTM_TLS_STAT(handshakes_ok);

@@ -76,6 +76,11 @@ typedef struct {
     const char *key_file;  /* PEM: our private key */
     const char *ca_file;   /* PEM bundle: the CAs a peer's chain must end at */
     ztm_ktls_mode_t ktls;  /* default (0) OFF */
+    /* Server only: ask for a client certificate but accept a client without
+     * one (its identity is then NULL). Never inside the mesh; for the public
+     * side of a gateway and for benchmarks with clients that cannot present
+     * one (h2load). A certificate that is presented is still verified. */
+    bool client_cert_optional;
     /* 0 picks the default for each of these: */
     uint32_t handshake_timeout_ms; /* 10000 */
     uint32_t in_buf_size;          /* ciphertext in, 34 KiB (two full records) */

@@ -13,6 +13,7 @@ struct ztm_tls_ctx {
     X509_STORE *store; /* the CA bundle our own chain check uses */
     ztm_tls_role_t role;
     ztm_ktls_mode_t ktls;
+    bool client_cert_optional;
     uint32_t hs_timeout_ms;
     uint32_t in_cap, out_cap;
     uint64_t gcm_limit;

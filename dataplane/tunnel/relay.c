@@ -490,7 +490,7 @@ static void svc_draining(void *arg, uint64_t timeout_ns)
 static void on_ready(void *arg, unsigned workers)
 {
     ztm_relay_t *r = arg;
-    ztm_log(ZTM_LOG_INFO, "relay.listen", "addr=%s to=%s workers=%u", r->listen_str,
+    ztm_log_ready("relay.listen", "addr=%s to=%s workers=%u", r->listen_str,
             r->target_str, workers);
 }
 
