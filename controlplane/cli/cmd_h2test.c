@@ -17,7 +17,7 @@ static const char usage[] =
     "\n"
     "An HTTP/2 service and client on ztm's secure transport, for tests and\n"
     "benchmarks. The server answers GET /bytes/N with N pattern bytes (byte i\n"
-    "is i %% 251), echoes any POST body, and GET / with \"ok\". The client runs N\n"
+    "is i % 251), echoes any POST body, and GET / with \"ok\". The client runs N\n"
     "requests, K at a time, checks every byte, and prints one result line.\n"
     "\n"
     "TLS options (without --cert: plaintext HTTP/2 with prior knowledge):\n"
@@ -34,7 +34,7 @@ int ztm_cmd_h2test(int argc, char **argv)
 {
     const char *cmd = "h2-test";
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        fprintf(argc < 2 ? stderr : stdout, usage);
+        fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? ZTM_EXIT_USAGE : ZTM_EXIT_OK;
     }
     bool server = strcmp(argv[1], "server") == 0;
