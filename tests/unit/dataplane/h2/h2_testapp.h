@@ -137,6 +137,7 @@ static void tapp_on_request(ztm_h2_session_t *s, void *user, int32_t id, void *s
     } else if (!strncmp(path, "/big-head/", 10)) {
         st->kind = TK_OTHER;
         size_t n = (size_t)tapp_num(path + 10);
+        n = n > 200000 ? 200000 : n;
         char *v = malloc(n + 1);
         if (v) {
             memset(v, 'x', n);
