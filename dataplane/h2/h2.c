@@ -1201,7 +1201,7 @@ int ztm_h2_ping(ztm_h2_session_t *s)
 
 int ztm_h2_tick(ztm_h2_session_t *s)
 {
-    if (s->phase == P_DEAD)
+    if (s->phase == P_DEAD || s->close_err == ZTM_H2_E_DEAD_PEER)
         return s->close_err;
     uint64_t now = now_ns(s);
     if (s->ka_outstanding && now - s->ka_sent >= s->cfg.ping_timeout_ns) {

@@ -22,6 +22,14 @@
  * peer does not read. Past a limit the session sends GOAWAY
  * ENHANCE_YOUR_CALM and ztm_h2_feed() returns ZTM_H2_E_CALM.
  *
+ * The caller's loop (tests/unit/dataplane/h2/test_h2_clients.c has one on
+ * plain sockets): feed what arrives; while ztm_h2_want_write(), flush into
+ * a free output buffer and send it; close when ztm_h2_idle() (or after a
+ * feed error, once the output is written). Any call may make output
+ * pending (a consume queues WINDOW_UPDATE, a resume DATA), so check
+ * want_write after calling in from outside a callback too. Run
+ * ztm_h2_tick() from a timer for keepalive and graceful shutdown.
+ *
  * Callbacks run inside ztm_h2_feed(), ztm_h2_flush() and ztm_h2_tick(). They
  * may call every function here except ztm_h2_feed, ztm_h2_flush,
  * ztm_h2_tick and ztm_h2_free. Not thread-safe: one session, one worker. */
@@ -60,8 +68,9 @@ typedef enum { ZTM_H2_SERVER, ZTM_H2_CLIENT } ztm_h2_role_t;
 
 typedef struct ztm_h2_session ztm_h2_session_t;
 
-/* One header field. Received fields point into session memory valid for the
- * duration of the callback, and are NUL-terminated. */
+/* One header field. Names we send must be lowercase (RFC 9113 8.2.1; the
+ * peer resets the stream otherwise). Received fields point into session
+ * memory valid for the duration of the callback, and are NUL-terminated. */
 typedef struct {
     const char *name;
     size_t name_len;
