@@ -892,6 +892,9 @@ int ztm_h2_new(ztm_h2_session_t **out, ztm_h2_role_t role, const ztm_h2_callback
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_no_closed_streams(opt, 1);
     nghttp2_option_set_max_outbound_ack(opt, s->cfg.max_outbound_ack);
+    nghttp2_option_set_max_settings(opt, 32);
+    /* enough CONTINUATIONs for a header list at our limit, no more */
+    nghttp2_option_set_max_continuations(opt, 8 + s->cfg.max_header_list / 16384);
     /* nghttp2's own reset limit (GOAWAY INTERNAL_ERROR) stays as a backstop
      * behind ours, which answers ENHANCE_YOUR_CALM first. */
     if (s->cfg.reset_burst != UINT32_MAX)

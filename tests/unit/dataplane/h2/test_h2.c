@@ -838,6 +838,55 @@ static void test_header_limits(void)
     pair_close(&p);
 }
 
+/* Extended CONNECT (RFC 8441), request trailers, terminate. */
+static void test_misc(void)
+{
+    ztm_h2_config_t sc = {.enable_connect_protocol = true};
+    pair_t p;
+    pair_open(&p, NULL, &sc);
+    pump(&p);
+    ztm_h2_msg_t m = {.method = "CONNECT",
+                      .scheme = "https",
+                      .authority = "hub",
+                      .path = "/session/b",
+                      .protocol = "ztm-peer"};
+    creq_t a = {0};
+    a.id = ztm_h2_request(p.c, &m, 0, &a);
+    pump(&p);
+    CHECK(!strcmp(p.sapp.last_method, "CONNECT"));
+    CHECK(!strcmp(p.sapp.last_protocol, "ztm-peer"));
+    CHECK_EQ(a.status, 404);
+
+    /* a client body that ends with trailers, given after the body is out */
+    creq_t b = {.send_len = 40000};
+    m = (ztm_h2_msg_t){.method = "POST", .scheme = "http", .authority = "t", .path = "/echo"};
+    b.id = ztm_h2_request(p.c, &m, ZTM_H2_BODY | ZTM_H2_TRAILERS, &b);
+    pump(&p);
+    CHECK_EQ(b.sent, 40000);
+    CHECK_EQ(p.sapp.n_trailers, 0);
+    CHECK(!b.closed);
+    ztm_h2_header_t t = {"x-checksum", 10, "abc", 3};
+    CHECK_EQ(ztm_h2_trailers(p.c, b.id, &t, 1), 0);
+    CHECK_EQ(ztm_h2_trailers(p.c, b.id, &t, 1), ZTM_H2_E_STREAM); /* once */
+    pump(&p);
+    CHECK_EQ(p.sapp.n_trailers, 1);
+    CHECK(!strcmp(p.sapp.last_trailer, "x-checksum=abc"));
+    CHECK(b.got == 40000 && !b.bad_byte && b.close_err == 0);
+
+    /* terminate: GOAWAY with the code, nothing more read, idle once out */
+    creq_t c = {.hold = true};
+    get(&p, &c, "/bytes/5000000");
+    pump(&p);
+    CHECK_EQ(ztm_h2_terminate(p.s, ZTM_H2_INTERNAL_ERROR), 0);
+    CHECK_EQ(ztm_h2_respond(p.s, c.id, 200, NULL, 0, 0), ZTM_H2_E_STREAM);
+    pump(&p);
+    CHECK_EQ(p.capp.goaway_err, ZTM_H2_INTERNAL_ERROR);
+    CHECK(ztm_h2_idle(p.s));
+    CHECK_EQ(ztm_h2_feed(p.s, (const uint8_t *)"x", 1), ZTM_H2_E_CLOSED);
+    CHECK(c.closed || ztm_h2_idle(p.c) || !ztm_h2_want_write(p.c));
+    pair_close(&p);
+}
+
 static void test_protocol_errors(void)
 {
     /* not HTTP/2 at all */
@@ -900,6 +949,7 @@ int main(int argc, char **argv)
         {"rapid_reset", test_rapid_reset},
         {"floods", test_floods},
         {"header_limits", test_header_limits},
+        {"misc", test_misc},
         {"protocol_errors", test_protocol_errors},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
