@@ -298,6 +298,8 @@ static h2_stream_t *stream_find(ztm_h2_session_t *s, int32_t id)
     if (st)
         return st;
     /* A request nghttp2 has not sent yet has no nghttp2 stream. */
+    if (s->role != ZTM_H2_CLIENT)
+        return NULL;
     for (st = s->streams; st; st = st->next)
         if (st->id == id)
             return st;

@@ -130,7 +130,7 @@ typedef struct {
 typedef struct {
     uint32_t conn_window;            /* receive window, connection (16 MiB) */
     uint32_t stream_window;          /* receive window, each stream (1 MiB) */
-    uint32_t max_concurrent_streams; /* streams the peer may open (1000; client: 100) */
+    uint32_t max_concurrent_streams; /* server: streams the peer may open (1000) */
     uint32_t max_header_list;        /* bytes per received header list, RFC 9113
                                         accounting (64 KiB); larger: refused */
     uint32_t reset_burst;            /* stream resets tolerated at once (200) */
@@ -192,7 +192,10 @@ enum {
 };
 
 /* Client: opens a stream for REQ (method, scheme, authority, path and
- * headers; end_stream ignored) with SDATA as its data. Returns the stream
+ * headers; end_stream ignored) with SDATA as its data. Requests over the
+ * server's SETTINGS_MAX_CONCURRENT_STREAMS wait in the session, so the
+ * application bounds how many it has open. A stream closed with
+ * REFUSED_STREAM was not processed and may be retried. Returns the stream
  * id (> 0), ZTM_H2_E_CLOSED after a GOAWAY or shutdown, -EINVAL, -ENOMEM. */
 int32_t ztm_h2_request(ztm_h2_session_t *s, const ztm_h2_msg_t *req, unsigned flags,
                        void *sdata);
@@ -244,10 +247,12 @@ int ztm_h2_shutdown(ztm_h2_session_t *s);
  * until !want_write and close. */
 int ztm_h2_terminate(ztm_h2_session_t *s, uint32_t error_code);
 
-/* Streams open now (both directions). */
+/* Streams the session holds: open ones, and client requests still queued. */
 size_t ztm_h2_streams(const ztm_h2_session_t *s);
-/* Receive windows left (for tests and metrics): the connection's, and the
- * stream's (-1 if unknown). Peer's windows we may still send into: same. */
+/* For tests and metrics: how much the peer may still send us on STREAM_ID
+ * (0: the connection), and how much we may still send it; -1 if unknown.
+ * The receive side grows back only when consumed bytes reach a WINDOW_UPDATE
+ * (half a window), not on every ztm_h2_consume. */
 int32_t ztm_h2_recv_window(ztm_h2_session_t *s, int32_t stream_id);
 int32_t ztm_h2_send_window(ztm_h2_session_t *s, int32_t stream_id);
 

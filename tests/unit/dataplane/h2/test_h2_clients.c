@@ -7,6 +7,7 @@
  *   nghttp -n -m 100  GET /bytes/1000                   exit 0, 100 clean streams
  *   nghttp -m 100     GET /bytes/1000                   100 bodies == pattern
  *   nghttp -d FILE    POST /echo (3 MiB)                body == FILE
+ *   curl --http2-prior-knowledge  GET 1 MiB, POST /echo 3 MiB  exact bytes
  *   h2load -n 10000 -c 10 -m 100  GET /bytes/100        0 failed, 10000 2xx
  *   h2load -n 400 -c 4 -m 10 -d FILE(200 KiB)  /echo    0 failed
  *
@@ -338,6 +339,25 @@ static void run_clients(int port)
     CHECK_EQ(run((char *[]){"nghttp", "-d", upload, url, NULL}, out), 0);
     size_t ulen;
     uint8_t *u = slurp(upload, &ulen);
+    b = slurp(out, &len);
+    CHECK(u && b && len == ulen && !memcmp(u, b, len));
+    free(u);
+    free(b);
+
+    /* curl, prior knowledge: GET and an echoed upload, exact bytes */
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/bytes/1048577", port);
+    CHECK_EQ(run((char *[]){"curl", "-sS", "--http2-prior-knowledge", url, NULL}, out), 0);
+    b = slurp(out, &len);
+    CHECK(b && body_is_pattern(b, len, 1048577, 1));
+    free(b);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/echo", port);
+    char data_arg[300];
+    snprintf(data_arg, sizeof(data_arg), "@%s", upload);
+    CHECK_EQ(run((char *[]){"curl", "-sS", "--http2-prior-knowledge", "-H", "Expect:",
+                            "--data-binary", data_arg, url, NULL},
+                 out),
+             0);
+    u = slurp(upload, &ulen);
     b = slurp(out, &len);
     CHECK(u && b && len == ulen && !memcmp(u, b, len));
     free(u);
