@@ -37,14 +37,14 @@
 #define FRAME_HD 9
 /* A DATA frame smaller than this is not started in a partly filled buffer:
  * the flush ends there and the next one starts the frame. */
-#define DATA_MIN 1024
+#define DATA_MIN  1024
 #define SPILL_CAP (FRAME_HD + 16384)
-#define MAX_RATE 1000000u
-#define NANO 1000000000ull
+#define MAX_RATE  1000000u
+#define NANO      1000000000ull
 
 /* Ping payloads: 'K' keepalive, 'S' shutdown round trip; then 7 bytes. */
 #define PING_KEEPALIVE 'K'
-#define PING_SHUTDOWN 'S'
+#define PING_SHUTDOWN  'S'
 
 enum {
     S_APP = 1 << 0,          /* the application knows the stream */
@@ -862,8 +862,8 @@ static nghttp2_session_callbacks *callbacks_new(void)
     return cbs;
 }
 
-int ztm_h2_new(ztm_h2_session_t **out, ztm_h2_role_t role, const ztm_h2_callbacks_t *cb,
-               void *user, const ztm_h2_config_t *cfg)
+int ztm_h2_new(ztm_h2_session_t **out, ztm_h2_role_t role, const ztm_h2_callbacks_t *cb, void *user,
+               const ztm_h2_config_t *cfg)
 {
     *out = NULL;
     if (!cb || (role != ZTM_H2_SERVER && role != ZTM_H2_CLIENT))
@@ -912,7 +912,8 @@ int ztm_h2_new(ztm_h2_session_t **out, ztm_h2_role_t role, const ztm_h2_callback
     nghttp2_settings_entry iv[6];
     size_t n = 0;
     iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, s->cfg.stream_window};
-    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, s->cfg.max_header_list};
+    iv[n++] =
+        (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, s->cfg.max_header_list};
     iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1};
     if (role == ZTM_H2_SERVER) {
         iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
@@ -973,7 +974,8 @@ int ztm_h2_feed(ztm_h2_session_t *s, const uint8_t *data, size_t len)
             calm(s, "h2.flood", rv == NGHTTP2_ERR_FLOODED ? "unread_acks" : "continuations");
             break;
         case NGHTTP2_ERR_BAD_CLIENT_MAGIC:
-            ztm_log(ZTM_LOG_INFO, "h2.bad_preface", "conn=%llu", (unsigned long long)s->cfg.conn_id);
+            ztm_log(ZTM_LOG_INFO, "h2.bad_preface", "conn=%llu",
+                    (unsigned long long)s->cfg.conn_id);
             if (nghttp2_session_terminate_session(s->ng, NGHTTP2_PROTOCOL_ERROR) != 0)
                 return go_dead(s, NGHTTP2_ERR_NOMEM, "terminate");
             set_phase(s, P_TERMINATING);
@@ -1069,10 +1071,12 @@ int32_t ztm_h2_request(ztm_h2_session_t *s, const ztm_h2_msg_t *req, unsigned fl
         return -ENOMEM;
     }
     st->data = sdata;
-    st->flags = S_APP | (flags & ZTM_H2_BODY ? S_BODY : 0) | (flags & ZTM_H2_TRAILERS ? S_TRAILERS : 0);
+    st->flags =
+        S_APP | (flags & ZTM_H2_BODY ? S_BODY : 0) | (flags & ZTM_H2_TRAILERS ? S_TRAILERS : 0);
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = on_read};
     bool body = flags & (ZTM_H2_BODY | ZTM_H2_TRAILERS);
-    int32_t id = nghttp2_submit_request(s->ng, NULL, nv, np + req->n_headers, body ? &prd : NULL, st);
+    int32_t id =
+        nghttp2_submit_request(s->ng, NULL, nv, np + req->n_headers, body ? &prd : NULL, st);
     if (nv != stack)
         free(nv);
     if (id < 0) {

@@ -122,8 +122,7 @@ typedef struct {
                          uint8_t *dst, size_t max, bool *eof);
     /* Either role: the peer sent GOAWAY. Streams above LAST_STREAM_ID that
      * we opened are closed (REFUSED_STREAM); open no more. */
-    void (*on_goaway)(ztm_h2_session_t *s, void *user, uint32_t error_code,
-                      int32_t last_stream_id);
+    void (*on_goaway)(ztm_h2_session_t *s, void *user, uint32_t error_code, int32_t last_stream_id);
 } ztm_h2_callbacks_t;
 
 /* Zero means "the default" for every field. */
@@ -151,8 +150,8 @@ typedef struct {
  * them, and CFG (NULL: defaults). The preface is queued at once: client
  * magic + SETTINGS for a client, SETTINGS for a server, then the
  * connection window update. Returns 0, -ENOMEM or -EINVAL. */
-int ztm_h2_new(ztm_h2_session_t **out, ztm_h2_role_t role, const ztm_h2_callbacks_t *cb,
-               void *user, const ztm_h2_config_t *cfg);
+int ztm_h2_new(ztm_h2_session_t **out, ztm_h2_role_t role, const ztm_h2_callbacks_t *cb, void *user,
+               const ztm_h2_config_t *cfg);
 /* Frees S. Streams still open end with on_stream_close(ZTM_H2_CANCEL)
  * first (so the application frees their data in one place); those calls
  * must not call back into S but for ztm_h2_consume. NULL is fine. */
@@ -197,8 +196,7 @@ enum {
  * application bounds how many it has open. A stream closed with
  * REFUSED_STREAM was not processed and may be retried. Returns the stream
  * id (> 0), ZTM_H2_E_CLOSED after a GOAWAY or shutdown, -EINVAL, -ENOMEM. */
-int32_t ztm_h2_request(ztm_h2_session_t *s, const ztm_h2_msg_t *req, unsigned flags,
-                       void *sdata);
+int32_t ztm_h2_request(ztm_h2_session_t *s, const ztm_h2_msg_t *req, unsigned flags, void *sdata);
 /* Server: answers STREAM_ID with STATUS and N headers H (copied). With
  * neither flag the head carries END_STREAM (a trailers-only gRPC response
  * is STATUS 200 with grpc-status in H). Returns 0, ZTM_H2_E_STREAM,

@@ -67,8 +67,8 @@ static void c_on_response(ztm_h2_session_t *s, void *user, int32_t id, void *sda
     grpc_fields(r, m->headers, m->n_headers);
 }
 
-static void c_on_data(ztm_h2_session_t *s, void *user, int32_t id, void *sdata,
-                      const uint8_t *data, size_t len)
+static void c_on_data(ztm_h2_session_t *s, void *user, int32_t id, void *sdata, const uint8_t *data,
+                      size_t len)
 {
     creq_t *r = sdata;
     for (size_t i = 0; i < len; i++)
@@ -150,7 +150,7 @@ typedef struct {
     int c_err, s_err;    /* first error a feed returned */
     bool s_mute;         /* the server does not flush (does not "write") */
     uint64_t c2s, s2c;
-    size_t max_flush;    /* the largest single flush seen */
+    size_t max_flush; /* the largest single flush seen */
 } pair_t;
 
 static uint8_t pump_buf[1 << 17];
@@ -179,7 +179,8 @@ static void dump(dump_t *d, const char *dir, const uint8_t *b, size_t len)
         if (d->have == 9) {
             size_t flen = (size_t)d->hd[0] << 16 | (size_t)d->hd[1] << 8 | d->hd[2];
             uint32_t sid = ((uint32_t)d->hd[5] << 24 | (uint32_t)d->hd[6] << 16 |
-                            (uint32_t)d->hd[7] << 8 | d->hd[8]) & 0x7fffffff;
+                            (uint32_t)d->hd[7] << 8 | d->hd[8]) &
+                           0x7fffffff;
             fprintf(stderr, "%s type=%u flags=0x%x stream=%u len=%zu\n", dir, d->hd[3], d->hd[4],
                     sid, flen);
             d->have = 0;
@@ -262,8 +263,8 @@ static void test_get_sizes(void)
     static const uint64_t sizes[] = {0, 1, 100, 16375, 16384, 100000, 1 << 20};
     static const size_t caps[][3] = {
         /* client flush, server flush, feed chunk */
-        {16384, 16384, 1 << 17}, {16384, 16384, 1}, {1, 1, 1},   {7, 9, 3},
-        {10, 10, 1000},          {100, 333, 17},    {65536, 65536, 1 << 17},
+        {16384, 16384, 1 << 17}, {16384, 16384, 1},       {1, 1, 1}, {7, 9, 3}, {10, 10, 1000},
+        {100, 333, 17},          {65536, 65536, 1 << 17},
     };
     for (size_t c = 0; c < sizeof(caps) / sizeof(caps[0]); c++) {
         for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
@@ -915,7 +916,7 @@ static void test_protocol_errors(void)
     pump(&p);
     uint8_t raw[64];
     size_t n = frame(raw, 0, 0, 0, "x", 1); /* DATA on stream 0 */
-    CHECK_EQ(ztm_h2_feed(p.s, raw, n), 0);    /* nghttp2 queues GOAWAY only */
+    CHECK_EQ(ztm_h2_feed(p.s, raw, n), 0);  /* nghttp2 queues GOAWAY only */
     CHECK(ztm_h2_want_write(p.s) && !ztm_h2_idle(p.s));
     pump(&p);
     CHECK_EQ(ztm_h2_feed(p.s, raw, n), ZTM_H2_E_PROTOCOL);
@@ -937,20 +938,13 @@ int main(int argc, char **argv)
         const char *name;
         void (*fn)(void);
     } tests[] = {
-        {"get_sizes", test_get_sizes},
-        {"flush_fill", test_flush_fill},
-        {"echo", test_echo},
-        {"concurrent", test_concurrent},
-        {"trailers", test_trailers},
-        {"flow_control", test_flow_control},
-        {"reset", test_reset},
-        {"goaway", test_goaway},
-        {"ping", test_ping},
-        {"rapid_reset", test_rapid_reset},
-        {"floods", test_floods},
-        {"header_limits", test_header_limits},
-        {"misc", test_misc},
-        {"protocol_errors", test_protocol_errors},
+        {"get_sizes", test_get_sizes}, {"flush_fill", test_flush_fill},
+        {"echo", test_echo},           {"concurrent", test_concurrent},
+        {"trailers", test_trailers},   {"flow_control", test_flow_control},
+        {"reset", test_reset},         {"goaway", test_goaway},
+        {"ping", test_ping},           {"rapid_reset", test_rapid_reset},
+        {"floods", test_floods},       {"header_limits", test_header_limits},
+        {"misc", test_misc},           {"protocol_errors", test_protocol_errors},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
         bool run = argc < 2;

@@ -35,7 +35,7 @@
 extern char **environ;
 
 #define MAX_CONNS 256
-#define OUT_CAP 16384
+#define OUT_CAP   16384
 
 typedef struct {
     int fd;
@@ -178,7 +178,8 @@ static int listen_on(int port)
     listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (bind(listen_fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(listen_fd, 512) < 0) {
         perror("bind/listen");
@@ -277,8 +278,9 @@ static int h2load_check(const char *out, const char *what, unsigned n)
     char *text = realloc(b, len + 1);
     text[len] = 0;
     char want[160], want2[64];
-    snprintf(want, sizeof(want), "requests: %u total, %u started, %u done, %u succeeded, 0 failed, 0 errored",
-             n, n, n, n);
+    snprintf(want, sizeof(want),
+             "requests: %u total, %u started, %u done, %u succeeded, 0 failed, 0 errored", n, n, n,
+             n);
     snprintf(want2, sizeof(want2), "status codes: %u 2xx", n);
     int ok = strstr(text, want) && strstr(text, want2);
     if (!ok)
@@ -353,8 +355,8 @@ static void run_clients(int port)
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/echo", port);
     char data_arg[300];
     snprintf(data_arg, sizeof(data_arg), "@%s", upload);
-    CHECK_EQ(run((char *[]){"curl", "-sS", "--http2-prior-knowledge", "-H", "Expect:",
-                            "--data-binary", data_arg, url, NULL},
+    CHECK_EQ(run((char *[]){"curl", "-sS", "--http2-prior-knowledge", "-H",
+                            "Expect:", "--data-binary", data_arg, url, NULL},
                  out),
              0);
     u = slurp(upload, &ulen);
@@ -371,9 +373,9 @@ static void run_clients(int port)
     /* h2load uploads through the echo */
     write_file(small, 200 << 10, 2);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/echo", port);
-    CHECK_EQ(run((char *[]){"h2load", "-n", "400", "-c", "4", "-m", "10", "-d", small, url, NULL},
-                 out),
-             0);
+    CHECK_EQ(
+        run((char *[]){"h2load", "-n", "400", "-c", "4", "-m", "10", "-d", small, url, NULL}, out),
+        0);
     CHECK(h2load_check(out, "POST /echo", 400));
 
     /* everything closes; no protocol error or flood was seen */
