@@ -473,6 +473,7 @@ static void refuse_headers(ztm_h2_session_t *s, h2_stream_t *st, const nghttp2_f
             (unsigned long long)s->cfg.conn_id, id, s->hb_list, s->cfg.max_header_list);
     st->flags |= S_DISCARD;
     st->refused = NGHTTP2_ENHANCE_YOUR_CALM;
+    count_reset(s); /* refusing costs like a reset; the RST below is not counted again */
     if (s->role == ZTM_H2_SERVER && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
         nghttp2_nv nv = nv_str(":status", "431");
         st->flags |= S_RESPONDED;
@@ -779,7 +780,7 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
         /* A reset the application did not ask for was caused by the peer
          * (a stream error, a refused stream): it counts like one received. */
         h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
-        if (!st || !(st->flags & S_APP_RESET))
+        if (!st || !(st->flags & (S_APP_RESET | S_DISCARD)))
             count_reset(s);
         break;
     }
