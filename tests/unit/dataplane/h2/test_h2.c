@@ -189,6 +189,18 @@ static void dump(dump_t *d, const char *dir, const uint8_t *b, size_t len)
     }
 }
 
+/* The server's read_body, watched: where does the body land? */
+static size_t dst_in_flush_buf, dst_elsewhere;
+static ssize_t watched_read_body(ztm_h2_session_t *s, void *user, int32_t id, void *sdata,
+                                 uint8_t *dst, size_t max, bool *eof)
+{
+    if (dst >= pump_buf && dst + max <= pump_buf + sizeof(pump_buf))
+        dst_in_flush_buf++;
+    else
+        dst_elsewhere++;
+    return tapp_read_body(s, user, id, sdata, dst, max, eof);
+}
+
 static void pair_open(pair_t *p, const ztm_h2_config_t *ccfg, const ztm_h2_config_t *scfg)
 {
     memset(p, 0, sizeof(*p));
@@ -196,7 +208,10 @@ static void pair_open(pair_t *p, const ztm_h2_config_t *ccfg, const ztm_h2_confi
     ztm_h2_config_t sc = scfg ? *scfg : (ztm_h2_config_t){0};
     cc.clock = sc.clock = fake_clock;
     CHECK_EQ(ztm_h2_new(&p->c, ZTM_H2_CLIENT, &client_cb, &p->capp, &cc), 0);
-    CHECK_EQ(ztm_h2_new(&p->s, ZTM_H2_SERVER, &tapp_callbacks, &p->sapp, &sc), 0);
+    static ztm_h2_callbacks_t server_cb;
+    server_cb = tapp_callbacks;
+    server_cb.read_body = watched_read_body;
+    CHECK_EQ(ztm_h2_new(&p->s, ZTM_H2_SERVER, &server_cb, &p->sapp, &sc), 0);
     p->c_cap = p->s_cap = 16384;
     p->chunk = 1 << 17;
 }
@@ -296,12 +311,14 @@ static void test_get_sizes(void)
     }
 }
 
-/* Flushes fill the caller's buffer: with 1 MiB to send through 16 KiB
- * buffers, nearly every flush is a full 16 KiB. */
+/* Flushes fill the caller's buffer: with 4 MB to send through 16 KiB
+ * buffers, nearly every flush is a full 16 KiB. And the body is written
+ * once, by read_body, straight into the caller's buffer. */
 static void test_flush_fill(void)
 {
     pair_t p;
     pair_open(&p, NULL, NULL);
+    dst_in_flush_buf = dst_elsewhere = 0;
     creq_t r = {0};
     get(&p, &r, "/bytes/4000000");
     /* get the request across and the response started */
@@ -327,6 +344,19 @@ static void test_flush_fill(void)
     CHECK(!r.bad_byte);
     CHECK(flushes > 200);
     CHECK(full * 100 >= flushes * 95);
+    CHECK(dst_in_flush_buf > 200);
+    CHECK_EQ(dst_elsewhere, 0);
+    pair_close(&p);
+
+    /* Under 10 bytes not even a 1-byte DATA frame fits: the spill buffer. */
+    pair_open(&p, NULL, NULL);
+    p.s_cap = 5;
+    dst_in_flush_buf = dst_elsewhere = 0;
+    creq_t r2 = {0};
+    get(&p, &r2, "/bytes/50000");
+    pump(&p);
+    CHECK(r2.got == 50000 && !r2.bad_byte);
+    CHECK(dst_elsewhere > 0 && dst_in_flush_buf == 0);
     pair_close(&p);
 }
 
