@@ -813,6 +813,22 @@ static void test_floods(void)
     CHECK_EQ(ztm_h2_feed(p.s, raw, n), ZTM_H2_E_CALM);
     pair_close(&p);
 
+    /* requests whose answers pile up unsent (the peer does not read) */
+    ztm_h2_config_t sc3 = {.max_outbound_queue = 50};
+    pair_open(&p, NULL, &sc3);
+    pump(&p);
+    p.s_mute = true;
+    static creq_t q[100];
+    memset(q, 0, sizeof(q));
+    for (int i = 0; i < 100; i++)
+        get(&p, &q[i], "/trailers-only");
+    pump(&p);
+    CHECK_EQ(p.s_err, ZTM_H2_E_CALM);
+    p.s_mute = false;
+    pump(&p);
+    CHECK_EQ(p.capp.goaway_err, ZTM_H2_ENHANCE_YOUR_CALM);
+    pair_close(&p);
+
     /* a slow trickle of PINGs over time is fine */
     pair_open(&p, NULL, &sc);
     pump(&p);
