@@ -37,14 +37,14 @@
 #define FRAME_HD 9
 /* A DATA frame smaller than this is not started in a partly filled buffer:
  * the flush ends there and the next one starts the frame. */
-#define DATA_MIN 1024
+#define DATA_MIN  1024
 #define SPILL_CAP (FRAME_HD + 16384)
-#define MAX_RATE 1000000u
-#define NANO 1000000000ull
+#define MAX_RATE  1000000u
+#define NANO      1000000000ull
 
 /* Ping payloads: 'K' keepalive, 'S' shutdown round trip; then 7 bytes. */
 #define PING_KEEPALIVE 'K'
-#define PING_SHUTDOWN 'S'
+#define PING_SHUTDOWN  'S'
 
 enum {
     S_APP = 1 << 0,          /* the application knows the stream */
@@ -298,6 +298,8 @@ static h2_stream_t *stream_find(ztm_h2_session_t *s, int32_t id)
     if (st)
         return st;
     /* A request nghttp2 has not sent yet has no nghttp2 stream. */
+    if (s->role != ZTM_H2_CLIENT)
+        return NULL;
     for (st = s->streams; st; st = st->next)
         if (st->id == id)
             return st;
@@ -471,6 +473,7 @@ static void refuse_headers(ztm_h2_session_t *s, h2_stream_t *st, const nghttp2_f
             (unsigned long long)s->cfg.conn_id, id, s->hb_list, s->cfg.max_header_list);
     st->flags |= S_DISCARD;
     st->refused = NGHTTP2_ENHANCE_YOUR_CALM;
+    count_reset(s); /* refusing costs like a reset; the RST below is not counted again */
     if (s->role == ZTM_H2_SERVER && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
         nghttp2_nv nv = nv_str(":status", "431");
         st->flags |= S_RESPONDED;
@@ -777,7 +780,7 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
         /* A reset the application did not ask for was caused by the peer
          * (a stream error, a refused stream): it counts like one received. */
         h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
-        if (!st || !(st->flags & S_APP_RESET))
+        if (!st || !(st->flags & (S_APP_RESET | S_DISCARD)))
             count_reset(s);
         break;
     }
@@ -860,8 +863,8 @@ static nghttp2_session_callbacks *callbacks_new(void)
     return cbs;
 }
 
-int ztm_h2_new(ztm_h2_session_t **out, ztm_h2_role_t role, const ztm_h2_callbacks_t *cb,
-               void *user, const ztm_h2_config_t *cfg)
+int ztm_h2_new(ztm_h2_session_t **out, ztm_h2_role_t role, const ztm_h2_callbacks_t *cb, void *user,
+               const ztm_h2_config_t *cfg)
 {
     *out = NULL;
     if (!cb || (role != ZTM_H2_SERVER && role != ZTM_H2_CLIENT))
@@ -892,6 +895,9 @@ int ztm_h2_new(ztm_h2_session_t **out, ztm_h2_role_t role, const ztm_h2_callback
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_no_closed_streams(opt, 1);
     nghttp2_option_set_max_outbound_ack(opt, s->cfg.max_outbound_ack);
+    nghttp2_option_set_max_settings(opt, 32);
+    /* enough CONTINUATIONs for a header list at our limit, no more */
+    nghttp2_option_set_max_continuations(opt, 8 + s->cfg.max_header_list / 16384);
     /* nghttp2's own reset limit (GOAWAY INTERNAL_ERROR) stays as a backstop
      * behind ours, which answers ENHANCE_YOUR_CALM first. */
     if (s->cfg.reset_burst != UINT32_MAX)
@@ -907,7 +913,8 @@ int ztm_h2_new(ztm_h2_session_t **out, ztm_h2_role_t role, const ztm_h2_callback
     nghttp2_settings_entry iv[6];
     size_t n = 0;
     iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, s->cfg.stream_window};
-    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, s->cfg.max_header_list};
+    iv[n++] =
+        (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, s->cfg.max_header_list};
     iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1};
     if (role == ZTM_H2_SERVER) {
         iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
@@ -968,7 +975,8 @@ int ztm_h2_feed(ztm_h2_session_t *s, const uint8_t *data, size_t len)
             calm(s, "h2.flood", rv == NGHTTP2_ERR_FLOODED ? "unread_acks" : "continuations");
             break;
         case NGHTTP2_ERR_BAD_CLIENT_MAGIC:
-            ztm_log(ZTM_LOG_INFO, "h2.bad_preface", "conn=%llu", (unsigned long long)s->cfg.conn_id);
+            ztm_log(ZTM_LOG_INFO, "h2.bad_preface", "conn=%llu",
+                    (unsigned long long)s->cfg.conn_id);
             if (nghttp2_session_terminate_session(s->ng, NGHTTP2_PROTOCOL_ERROR) != 0)
                 return go_dead(s, NGHTTP2_ERR_NOMEM, "terminate");
             set_phase(s, P_TERMINATING);
@@ -1064,10 +1072,12 @@ int32_t ztm_h2_request(ztm_h2_session_t *s, const ztm_h2_msg_t *req, unsigned fl
         return -ENOMEM;
     }
     st->data = sdata;
-    st->flags = S_APP | (flags & ZTM_H2_BODY ? S_BODY : 0) | (flags & ZTM_H2_TRAILERS ? S_TRAILERS : 0);
+    st->flags =
+        S_APP | (flags & ZTM_H2_BODY ? S_BODY : 0) | (flags & ZTM_H2_TRAILERS ? S_TRAILERS : 0);
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = on_read};
     bool body = flags & (ZTM_H2_BODY | ZTM_H2_TRAILERS);
-    int32_t id = nghttp2_submit_request(s->ng, NULL, nv, np + req->n_headers, body ? &prd : NULL, st);
+    int32_t id =
+        nghttp2_submit_request(s->ng, NULL, nv, np + req->n_headers, body ? &prd : NULL, st);
     if (nv != stack)
         free(nv);
     if (id < 0) {
@@ -1201,7 +1211,7 @@ int ztm_h2_ping(ztm_h2_session_t *s)
 
 int ztm_h2_tick(ztm_h2_session_t *s)
 {
-    if (s->phase == P_DEAD)
+    if (s->phase == P_DEAD || s->close_err == ZTM_H2_E_DEAD_PEER)
         return s->close_err;
     uint64_t now = now_ns(s);
     if (s->ka_outstanding && now - s->ka_sent >= s->cfg.ping_timeout_ns) {

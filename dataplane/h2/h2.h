@@ -22,6 +22,14 @@
  * peer does not read. Past a limit the session sends GOAWAY
  * ENHANCE_YOUR_CALM and ztm_h2_feed() returns ZTM_H2_E_CALM.
  *
+ * The caller's loop (tests/unit/dataplane/h2/test_h2_clients.c has one on
+ * plain sockets): feed what arrives; while ztm_h2_want_write(), flush into
+ * a free output buffer and send it; close when ztm_h2_idle() (or after a
+ * feed error, once the output is written). Any call may make output
+ * pending (a consume queues WINDOW_UPDATE, a resume DATA), so check
+ * want_write after calling in from outside a callback too. Run
+ * ztm_h2_tick() from a timer for keepalive and graceful shutdown.
+ *
  * Callbacks run inside ztm_h2_feed(), ztm_h2_flush() and ztm_h2_tick(). They
  * may call every function here except ztm_h2_feed, ztm_h2_flush,
  * ztm_h2_tick and ztm_h2_free. Not thread-safe: one session, one worker. */
@@ -60,8 +68,9 @@ typedef enum { ZTM_H2_SERVER, ZTM_H2_CLIENT } ztm_h2_role_t;
 
 typedef struct ztm_h2_session ztm_h2_session_t;
 
-/* One header field. Received fields point into session memory valid for the
- * duration of the callback, and are NUL-terminated. */
+/* One header field. Names we send must be lowercase (RFC 9113 8.2.1; the
+ * peer resets the stream otherwise). Received fields point into session
+ * memory valid for the duration of the callback, and are NUL-terminated. */
 typedef struct {
     const char *name;
     size_t name_len;
@@ -113,15 +122,14 @@ typedef struct {
                          uint8_t *dst, size_t max, bool *eof);
     /* Either role: the peer sent GOAWAY. Streams above LAST_STREAM_ID that
      * we opened are closed (REFUSED_STREAM); open no more. */
-    void (*on_goaway)(ztm_h2_session_t *s, void *user, uint32_t error_code,
-                      int32_t last_stream_id);
+    void (*on_goaway)(ztm_h2_session_t *s, void *user, uint32_t error_code, int32_t last_stream_id);
 } ztm_h2_callbacks_t;
 
 /* Zero means "the default" for every field. */
 typedef struct {
     uint32_t conn_window;            /* receive window, connection (16 MiB) */
     uint32_t stream_window;          /* receive window, each stream (1 MiB) */
-    uint32_t max_concurrent_streams; /* streams the peer may open (1000; client: 100) */
+    uint32_t max_concurrent_streams; /* server: streams the peer may open (1000) */
     uint32_t max_header_list;        /* bytes per received header list, RFC 9113
                                         accounting (64 KiB); larger: refused */
     uint32_t reset_burst;            /* stream resets tolerated at once (200) */
@@ -142,8 +150,8 @@ typedef struct {
  * them, and CFG (NULL: defaults). The preface is queued at once: client
  * magic + SETTINGS for a client, SETTINGS for a server, then the
  * connection window update. Returns 0, -ENOMEM or -EINVAL. */
-int ztm_h2_new(ztm_h2_session_t **out, ztm_h2_role_t role, const ztm_h2_callbacks_t *cb,
-               void *user, const ztm_h2_config_t *cfg);
+int ztm_h2_new(ztm_h2_session_t **out, ztm_h2_role_t role, const ztm_h2_callbacks_t *cb, void *user,
+               const ztm_h2_config_t *cfg);
 /* Frees S. Streams still open end with on_stream_close(ZTM_H2_CANCEL)
  * first (so the application frees their data in one place); those calls
  * must not call back into S but for ztm_h2_consume. NULL is fine. */
@@ -183,10 +191,12 @@ enum {
 };
 
 /* Client: opens a stream for REQ (method, scheme, authority, path and
- * headers; end_stream ignored) with SDATA as its data. Returns the stream
+ * headers; end_stream ignored) with SDATA as its data. Requests over the
+ * server's SETTINGS_MAX_CONCURRENT_STREAMS wait in the session, so the
+ * application bounds how many it has open. A stream closed with
+ * REFUSED_STREAM was not processed and may be retried. Returns the stream
  * id (> 0), ZTM_H2_E_CLOSED after a GOAWAY or shutdown, -EINVAL, -ENOMEM. */
-int32_t ztm_h2_request(ztm_h2_session_t *s, const ztm_h2_msg_t *req, unsigned flags,
-                       void *sdata);
+int32_t ztm_h2_request(ztm_h2_session_t *s, const ztm_h2_msg_t *req, unsigned flags, void *sdata);
 /* Server: answers STREAM_ID with STATUS and N headers H (copied). With
  * neither flag the head carries END_STREAM (a trailers-only gRPC response
  * is STATUS 200 with grpc-status in H). Returns 0, ZTM_H2_E_STREAM,
@@ -235,10 +245,12 @@ int ztm_h2_shutdown(ztm_h2_session_t *s);
  * until !want_write and close. */
 int ztm_h2_terminate(ztm_h2_session_t *s, uint32_t error_code);
 
-/* Streams open now (both directions). */
+/* Streams the session holds: open ones, and client requests still queued. */
 size_t ztm_h2_streams(const ztm_h2_session_t *s);
-/* Receive windows left (for tests and metrics): the connection's, and the
- * stream's (-1 if unknown). Peer's windows we may still send into: same. */
+/* For tests and metrics: how much the peer may still send us on STREAM_ID
+ * (0: the connection), and how much we may still send it; -1 if unknown.
+ * The receive side grows back only when consumed bytes reach a WINDOW_UPDATE
+ * (half a window), not on every ztm_h2_consume. */
 int32_t ztm_h2_recv_window(ztm_h2_session_t *s, int32_t stream_id);
 int32_t ztm_h2_send_window(ztm_h2_session_t *s, int32_t stream_id);
 

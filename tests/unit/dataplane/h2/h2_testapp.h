@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,7 +43,8 @@ typedef struct {
 #define TAPP_HELD_MAX 512
 
 typedef struct {
-    size_t n_requests, n_closed, n_closed_ok, live;
+    size_t n_requests, n_closed, n_closed_ok, live, n_trailers;
+    char last_method[16], last_protocol[32], last_trailer[32];
     uint32_t last_close_error;
     uint64_t received_total, unconsumed_total, max_unconsumed_total;
     size_t max_echo_buffered;
@@ -105,6 +107,8 @@ static void tapp_on_request(ztm_h2_session_t *s, void *user, int32_t id, void *s
     }
     st->id = id;
     a->live++;
+    snprintf(a->last_method, sizeof(a->last_method), "%s", req->method ? req->method : "");
+    snprintf(a->last_protocol, sizeof(a->last_protocol), "%s", req->protocol ? req->protocol : "");
     ztm_h2_stream_set_data(s, id, st);
     const char *path = req->path ? req->path : "";
     static const ztm_h2_header_t ct = {"content-type", 12, "application/octet-stream", 24};
@@ -137,6 +141,7 @@ static void tapp_on_request(ztm_h2_session_t *s, void *user, int32_t id, void *s
     } else if (!strncmp(path, "/big-head/", 10)) {
         st->kind = TK_OTHER;
         size_t n = (size_t)tapp_num(path + 10);
+        n = n > 200000 ? 200000 : n;
         char *v = malloc(n + 1);
         if (v) {
             memset(v, 'x', n);
@@ -217,6 +222,15 @@ static void tapp_on_end_stream(ztm_h2_session_t *s, void *user, int32_t id, void
         ztm_h2_resume(s, id);
 }
 
+static void tapp_on_trailers(ztm_h2_session_t *s, void *user, int32_t id, void *sdata,
+                             const ztm_h2_header_t *h, size_t n)
+{
+    tapp_t *a = user;
+    a->n_trailers++;
+    if (n)
+        snprintf(a->last_trailer, sizeof(a->last_trailer), "%s=%s", h[0].name, h[0].value);
+}
+
 static ssize_t tapp_read_body(ztm_h2_session_t *s, void *user, int32_t id, void *sdata,
                               uint8_t *dst, size_t max, bool *eof)
 {
@@ -272,6 +286,7 @@ static const ztm_h2_callbacks_t tapp_callbacks = {
     .on_request = tapp_on_request,
     .on_data = tapp_on_data,
     .on_end_stream = tapp_on_end_stream,
+    .on_trailers = tapp_on_trailers,
     .on_stream_close = tapp_on_stream_close,
     .read_body = tapp_read_body,
 };

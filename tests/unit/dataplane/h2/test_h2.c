@@ -67,8 +67,8 @@ static void c_on_response(ztm_h2_session_t *s, void *user, int32_t id, void *sda
     grpc_fields(r, m->headers, m->n_headers);
 }
 
-static void c_on_data(ztm_h2_session_t *s, void *user, int32_t id, void *sdata,
-                      const uint8_t *data, size_t len)
+static void c_on_data(ztm_h2_session_t *s, void *user, int32_t id, void *sdata, const uint8_t *data,
+                      size_t len)
 {
     creq_t *r = sdata;
     for (size_t i = 0; i < len; i++)
@@ -150,7 +150,7 @@ typedef struct {
     int c_err, s_err;    /* first error a feed returned */
     bool s_mute;         /* the server does not flush (does not "write") */
     uint64_t c2s, s2c;
-    size_t max_flush;    /* the largest single flush seen */
+    size_t max_flush; /* the largest single flush seen */
 } pair_t;
 
 static uint8_t pump_buf[1 << 17];
@@ -179,13 +179,26 @@ static void dump(dump_t *d, const char *dir, const uint8_t *b, size_t len)
         if (d->have == 9) {
             size_t flen = (size_t)d->hd[0] << 16 | (size_t)d->hd[1] << 8 | d->hd[2];
             uint32_t sid = ((uint32_t)d->hd[5] << 24 | (uint32_t)d->hd[6] << 16 |
-                            (uint32_t)d->hd[7] << 8 | d->hd[8]) & 0x7fffffff;
+                            (uint32_t)d->hd[7] << 8 | d->hd[8]) &
+                           0x7fffffff;
             fprintf(stderr, "%s type=%u flags=0x%x stream=%u len=%zu\n", dir, d->hd[3], d->hd[4],
                     sid, flen);
             d->have = 0;
             d->skip = flen;
         }
     }
+}
+
+/* The server's read_body, watched: where does the body land? */
+static size_t dst_in_flush_buf, dst_elsewhere;
+static ssize_t watched_read_body(ztm_h2_session_t *s, void *user, int32_t id, void *sdata,
+                                 uint8_t *dst, size_t max, bool *eof)
+{
+    if (dst >= pump_buf && dst + max <= pump_buf + sizeof(pump_buf))
+        dst_in_flush_buf++;
+    else
+        dst_elsewhere++;
+    return tapp_read_body(s, user, id, sdata, dst, max, eof);
 }
 
 static void pair_open(pair_t *p, const ztm_h2_config_t *ccfg, const ztm_h2_config_t *scfg)
@@ -195,7 +208,10 @@ static void pair_open(pair_t *p, const ztm_h2_config_t *ccfg, const ztm_h2_confi
     ztm_h2_config_t sc = scfg ? *scfg : (ztm_h2_config_t){0};
     cc.clock = sc.clock = fake_clock;
     CHECK_EQ(ztm_h2_new(&p->c, ZTM_H2_CLIENT, &client_cb, &p->capp, &cc), 0);
-    CHECK_EQ(ztm_h2_new(&p->s, ZTM_H2_SERVER, &tapp_callbacks, &p->sapp, &sc), 0);
+    static ztm_h2_callbacks_t server_cb;
+    server_cb = tapp_callbacks;
+    server_cb.read_body = watched_read_body;
+    CHECK_EQ(ztm_h2_new(&p->s, ZTM_H2_SERVER, &server_cb, &p->sapp, &sc), 0);
     p->c_cap = p->s_cap = 16384;
     p->chunk = 1 << 17;
 }
@@ -262,8 +278,8 @@ static void test_get_sizes(void)
     static const uint64_t sizes[] = {0, 1, 100, 16375, 16384, 100000, 1 << 20};
     static const size_t caps[][3] = {
         /* client flush, server flush, feed chunk */
-        {16384, 16384, 1 << 17}, {16384, 16384, 1}, {1, 1, 1},   {7, 9, 3},
-        {10, 10, 1000},          {100, 333, 17},    {65536, 65536, 1 << 17},
+        {16384, 16384, 1 << 17}, {16384, 16384, 1},       {1, 1, 1}, {7, 9, 3}, {10, 10, 1000},
+        {100, 333, 17},          {65536, 65536, 1 << 17},
     };
     for (size_t c = 0; c < sizeof(caps) / sizeof(caps[0]); c++) {
         for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
@@ -295,12 +311,14 @@ static void test_get_sizes(void)
     }
 }
 
-/* Flushes fill the caller's buffer: with 1 MiB to send through 16 KiB
- * buffers, nearly every flush is a full 16 KiB. */
+/* Flushes fill the caller's buffer: with 4 MB to send through 16 KiB
+ * buffers, nearly every flush is a full 16 KiB. And the body is written
+ * once, by read_body, straight into the caller's buffer. */
 static void test_flush_fill(void)
 {
     pair_t p;
     pair_open(&p, NULL, NULL);
+    dst_in_flush_buf = dst_elsewhere = 0;
     creq_t r = {0};
     get(&p, &r, "/bytes/4000000");
     /* get the request across and the response started */
@@ -326,6 +344,19 @@ static void test_flush_fill(void)
     CHECK(!r.bad_byte);
     CHECK(flushes > 200);
     CHECK(full * 100 >= flushes * 95);
+    CHECK(dst_in_flush_buf > 200);
+    CHECK_EQ(dst_elsewhere, 0);
+    pair_close(&p);
+
+    /* Under 10 bytes not even a 1-byte DATA frame fits: the spill buffer. */
+    pair_open(&p, NULL, NULL);
+    p.s_cap = 5;
+    dst_in_flush_buf = dst_elsewhere = 0;
+    creq_t r2 = {0};
+    get(&p, &r2, "/bytes/50000");
+    pump(&p);
+    CHECK(r2.got == 50000 && !r2.bad_byte);
+    CHECK(dst_elsewhere > 0 && dst_in_flush_buf == 0);
     pair_close(&p);
 }
 
@@ -782,6 +813,22 @@ static void test_floods(void)
     CHECK_EQ(ztm_h2_feed(p.s, raw, n), ZTM_H2_E_CALM);
     pair_close(&p);
 
+    /* requests whose answers pile up unsent (the peer does not read) */
+    ztm_h2_config_t sc3 = {.max_outbound_queue = 50};
+    pair_open(&p, NULL, &sc3);
+    pump(&p);
+    p.s_mute = true;
+    static creq_t q[100];
+    memset(q, 0, sizeof(q));
+    for (int i = 0; i < 100; i++)
+        get(&p, &q[i], "/trailers-only");
+    pump(&p);
+    CHECK_EQ(p.s_err, ZTM_H2_E_CALM);
+    p.s_mute = false;
+    pump(&p);
+    CHECK_EQ(p.capp.goaway_err, ZTM_H2_ENHANCE_YOUR_CALM);
+    pair_close(&p);
+
     /* a slow trickle of PINGs over time is fine */
     pair_open(&p, NULL, &sc);
     pump(&p);
@@ -838,6 +885,55 @@ static void test_header_limits(void)
     pair_close(&p);
 }
 
+/* Extended CONNECT (RFC 8441), request trailers, terminate. */
+static void test_misc(void)
+{
+    ztm_h2_config_t sc = {.enable_connect_protocol = true};
+    pair_t p;
+    pair_open(&p, NULL, &sc);
+    pump(&p);
+    ztm_h2_msg_t m = {.method = "CONNECT",
+                      .scheme = "https",
+                      .authority = "hub",
+                      .path = "/session/b",
+                      .protocol = "ztm-peer"};
+    creq_t a = {0};
+    a.id = ztm_h2_request(p.c, &m, 0, &a);
+    pump(&p);
+    CHECK(!strcmp(p.sapp.last_method, "CONNECT"));
+    CHECK(!strcmp(p.sapp.last_protocol, "ztm-peer"));
+    CHECK_EQ(a.status, 404);
+
+    /* a client body that ends with trailers, given after the body is out */
+    creq_t b = {.send_len = 40000};
+    m = (ztm_h2_msg_t){.method = "POST", .scheme = "http", .authority = "t", .path = "/echo"};
+    b.id = ztm_h2_request(p.c, &m, ZTM_H2_BODY | ZTM_H2_TRAILERS, &b);
+    pump(&p);
+    CHECK_EQ(b.sent, 40000);
+    CHECK_EQ(p.sapp.n_trailers, 0);
+    CHECK(!b.closed);
+    ztm_h2_header_t t = {"x-checksum", 10, "abc", 3};
+    CHECK_EQ(ztm_h2_trailers(p.c, b.id, &t, 1), 0);
+    CHECK_EQ(ztm_h2_trailers(p.c, b.id, &t, 1), ZTM_H2_E_STREAM); /* once */
+    pump(&p);
+    CHECK_EQ(p.sapp.n_trailers, 1);
+    CHECK(!strcmp(p.sapp.last_trailer, "x-checksum=abc"));
+    CHECK(b.got == 40000 && !b.bad_byte && b.close_err == 0);
+
+    /* terminate: GOAWAY with the code, nothing more read, idle once out */
+    creq_t c = {.hold = true};
+    get(&p, &c, "/bytes/5000000");
+    pump(&p);
+    CHECK_EQ(ztm_h2_terminate(p.s, ZTM_H2_INTERNAL_ERROR), 0);
+    CHECK_EQ(ztm_h2_respond(p.s, c.id, 200, NULL, 0, 0), ZTM_H2_E_STREAM);
+    pump(&p);
+    CHECK_EQ(p.capp.goaway_err, ZTM_H2_INTERNAL_ERROR);
+    CHECK(ztm_h2_idle(p.s));
+    CHECK_EQ(ztm_h2_feed(p.s, (const uint8_t *)"x", 1), ZTM_H2_E_CLOSED);
+    CHECK(c.closed || ztm_h2_idle(p.c) || !ztm_h2_want_write(p.c));
+    pair_close(&p);
+}
+
 static void test_protocol_errors(void)
 {
     /* not HTTP/2 at all */
@@ -866,7 +962,7 @@ static void test_protocol_errors(void)
     pump(&p);
     uint8_t raw[64];
     size_t n = frame(raw, 0, 0, 0, "x", 1); /* DATA on stream 0 */
-    CHECK_EQ(ztm_h2_feed(p.s, raw, n), 0);    /* nghttp2 queues GOAWAY only */
+    CHECK_EQ(ztm_h2_feed(p.s, raw, n), 0);  /* nghttp2 queues GOAWAY only */
     CHECK(ztm_h2_want_write(p.s) && !ztm_h2_idle(p.s));
     pump(&p);
     CHECK_EQ(ztm_h2_feed(p.s, raw, n), ZTM_H2_E_PROTOCOL);
@@ -888,19 +984,13 @@ int main(int argc, char **argv)
         const char *name;
         void (*fn)(void);
     } tests[] = {
-        {"get_sizes", test_get_sizes},
-        {"flush_fill", test_flush_fill},
-        {"echo", test_echo},
-        {"concurrent", test_concurrent},
-        {"trailers", test_trailers},
-        {"flow_control", test_flow_control},
-        {"reset", test_reset},
-        {"goaway", test_goaway},
-        {"ping", test_ping},
-        {"rapid_reset", test_rapid_reset},
-        {"floods", test_floods},
-        {"header_limits", test_header_limits},
-        {"protocol_errors", test_protocol_errors},
+        {"get_sizes", test_get_sizes}, {"flush_fill", test_flush_fill},
+        {"echo", test_echo},           {"concurrent", test_concurrent},
+        {"trailers", test_trailers},   {"flow_control", test_flow_control},
+        {"reset", test_reset},         {"goaway", test_goaway},
+        {"ping", test_ping},           {"rapid_reset", test_rapid_reset},
+        {"floods", test_floods},       {"header_limits", test_header_limits},
+        {"misc", test_misc},           {"protocol_errors", test_protocol_errors},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
         bool run = argc < 2;

@@ -7,6 +7,7 @@
  *   nghttp -n -m 100  GET /bytes/1000                   exit 0, 100 clean streams
  *   nghttp -m 100     GET /bytes/1000                   100 bodies == pattern
  *   nghttp -d FILE    POST /echo (3 MiB)                body == FILE
+ *   curl --http2-prior-knowledge  GET 1 MiB, POST /echo 3 MiB  exact bytes
  *   h2load -n 10000 -c 10 -m 100  GET /bytes/100        0 failed, 10000 2xx
  *   h2load -n 400 -c 4 -m 10 -d FILE(200 KiB)  /echo    0 failed
  *
@@ -34,7 +35,7 @@
 extern char **environ;
 
 #define MAX_CONNS 256
-#define OUT_CAP 16384
+#define OUT_CAP   16384
 
 typedef struct {
     int fd;
@@ -177,7 +178,8 @@ static int listen_on(int port)
     listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (bind(listen_fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(listen_fd, 512) < 0) {
         perror("bind/listen");
@@ -276,8 +278,9 @@ static int h2load_check(const char *out, const char *what, unsigned n)
     char *text = realloc(b, len + 1);
     text[len] = 0;
     char want[160], want2[64];
-    snprintf(want, sizeof(want), "requests: %u total, %u started, %u done, %u succeeded, 0 failed, 0 errored",
-             n, n, n, n);
+    snprintf(want, sizeof(want),
+             "requests: %u total, %u started, %u done, %u succeeded, 0 failed, 0 errored", n, n, n,
+             n);
     snprintf(want2, sizeof(want2), "status codes: %u 2xx", n);
     int ok = strstr(text, want) && strstr(text, want2);
     if (!ok)
@@ -343,6 +346,25 @@ static void run_clients(int port)
     free(u);
     free(b);
 
+    /* curl, prior knowledge: GET and an echoed upload, exact bytes */
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/bytes/1048577", port);
+    CHECK_EQ(run((char *[]){"curl", "-sS", "--http2-prior-knowledge", url, NULL}, out), 0);
+    b = slurp(out, &len);
+    CHECK(b && body_is_pattern(b, len, 1048577, 1));
+    free(b);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/echo", port);
+    char data_arg[300];
+    snprintf(data_arg, sizeof(data_arg), "@%s", upload);
+    CHECK_EQ(run((char *[]){"curl", "-sS", "--http2-prior-knowledge", "-H",
+                            "Expect:", "--data-binary", data_arg, url, NULL},
+                 out),
+             0);
+    u = slurp(upload, &ulen);
+    b = slurp(out, &len);
+    CHECK(u && b && len == ulen && !memcmp(u, b, len));
+    free(u);
+    free(b);
+
     /* h2load: 10 clients x 100 streams */
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/bytes/100", port);
     CHECK_EQ(run((char *[]){"h2load", "-n", "10000", "-c", "10", "-m", "100", url, NULL}, out), 0);
@@ -351,9 +373,9 @@ static void run_clients(int port)
     /* h2load uploads through the echo */
     write_file(small, 200 << 10, 2);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/echo", port);
-    CHECK_EQ(run((char *[]){"h2load", "-n", "400", "-c", "4", "-m", "10", "-d", small, url, NULL},
-                 out),
-             0);
+    CHECK_EQ(
+        run((char *[]){"h2load", "-n", "400", "-c", "4", "-m", "10", "-d", small, url, NULL}, out),
+        0);
     CHECK(h2load_check(out, "POST /echo", 400));
 
     /* everything closes; no protocol error or flood was seen */
