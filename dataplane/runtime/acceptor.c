@@ -74,6 +74,10 @@ void ztm_acceptor_stop(ztm_acceptor_t *a)
         return;
     a->stopped = true;
     ztm_timer_cancel(ztm_worker_timers(a->w), &a->retry);
+    /* Refuse new connections now, not when the cancelled accept completes:
+     * a shut-down listener answers SYNs with RST and ends pending accepts. */
+    if (a->fd >= 0)
+        (void)shutdown(a->fd, SHUT_RDWR);
     if (a->op.inflight)
         ztm_worker_cancel_op(a->w, &a->op);
     else

@@ -26,7 +26,8 @@ struct ztm_acceptor {
 
 /* Starts accepting on listening socket FD (owned by the acceptor now). */
 void ztm_acceptor_start(ztm_acceptor_t *a, ztm_worker_t *w, int fd, ztm_accept_cb cb, void *user);
-/* Stops accepting; the listener closes once the accept op has ended. */
+/* Stops accepting at once (the listener is shut down: new connections are
+ * refused from this call on); the fd closes once the accept op has ended. */
 void ztm_acceptor_stop(ztm_acceptor_t *a);
 /* True once stopped and the listener is closed. */
 bool ztm_acceptor_closed(const ztm_acceptor_t *a);

@@ -47,6 +47,7 @@ struct ztm_engine {
     unsigned started;
     int start_err;
     _Atomic unsigned alive;
+    _Atomic unsigned drained; /* workers whose service has stopped accepting */
 };
 
 /* ---- ops ------------------------------------------------------------- */
@@ -148,9 +149,10 @@ static void start_drain(ztm_worker_t *w)
     if (w->draining)
         return;
     w->draining = true;
-    const ztm_engine_t *e = w->engine;
+    ztm_engine_t *e = w->engine;
     if (e->svc->drain)
         e->svc->drain(w, e->arg);
+    atomic_fetch_add(&e->drained, 1);
     ztm_timer_arm(&w->timers, &w->drain_timer, w->now + e->cfg.drain_timeout_ns);
 }
 
@@ -464,9 +466,15 @@ int ztm_engine_run(const ztm_engine_config_t *cfg, const ztm_service_t *svc, voi
             continue;
         signals++;
         if (signals == 1) {
+            post_all(e, ZTM_MSG_DRAIN);
+            /* Report the drain once every worker has stopped accepting, so
+             * that the line is true when a reader sees it (bounded wait). */
+            for (int i = 0; i < 1000 && atomic_load(&e->drained) < e->n &&
+                            atomic_load(&e->alive) > 0;
+                 i++)
+                usleep(1000);
             if (svc->draining)
                 svc->draining(arg, e->cfg.drain_timeout_ns);
-            post_all(e, ZTM_MSG_DRAIN);
         } else {
             ztm_log(ZTM_LOG_WARN, "engine.stop", "signal=%d msg=\"second signal: stopping now\"", sig);
             post_all(e, ZTM_MSG_STOP);

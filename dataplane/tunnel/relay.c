@@ -111,6 +111,9 @@ static void session_release(ztm_ref_t *ref)
             close(s->fd[i]);
         }
     }
+    /* Free the slot before saying so: a client that saw this line may
+     * connect again at once and must not be refused by --max-conns. */
+    atomic_fetch_sub(&rw->relay->live, 1);
     ztm_log(ZTM_LOG_INFO, "conn.close", "conn=%llu client=%s up=%llu down=%llu ms=%llu reason=%s",
             (unsigned long long)s->id, s->client, (unsigned long long)s->d[0].bytes,
             (unsigned long long)s->d[1].bytes,
@@ -122,7 +125,6 @@ static void session_release(ztm_ref_t *ref)
     if (s->next)
         s->next->prev = s->prev;
     rw->n_sessions--;
-    atomic_fetch_sub(&rw->relay->live, 1);
     free(s);
 }
 

@@ -329,6 +329,27 @@ class Relay(Proc):
         return self.wait_for_log("conn.close", timeout=timeout, client=f"127.0.0.1:{port}",
                                  **fields)
 
+    def closes_for(self, ports, timeout=30):
+        """The conn.close lines of these client ports (a list of local ports
+        of client sockets), in the same order. Waits until at least that many
+        conn.close lines exist, then fails, naming the missing and the
+        repeated client= values, if they do not map one to one."""
+        self.wait_for_log("conn.close", timeout=timeout, count=len(ports))
+        closes = self.logs("conn.close")
+        by_client = {}
+        for c in closes:
+            by_client.setdefault(c.get("client"), []).append(c)
+        want = [f"127.0.0.1:{p}" for p in ports]
+        missing = [w for w in want if w not in by_client]
+        repeated = {k: len(v) for k, v in by_client.items() if len(v) > 1}
+        if missing or repeated:
+            top = sorted(repeated.items(), key=lambda kv: -kv[1])[:5]
+            fail(f"conn.close client= does not name the clients: {len(closes)} conn.close lines, "
+                 f"{len(by_client)} distinct client= values for {len(ports)} client sockets; "
+                 f"{len(missing)} client addresses never logged (e.g. {missing[:3]}); "
+                 f"repeated: {', '.join(f'{k} x{n}' for k, n in top) or 'none'}")
+        return [by_client[w][0] for w in want]
+
     def sanitizer_lines(self):
         with self.cond:
             return [l for l in self.err if _SANITIZER.search(l)]
@@ -338,16 +359,19 @@ class Relay(Proc):
         sanitizer report was printed. Returns the exit code."""
         if self.alive():
             os.kill(self.pid, sig)
+        return self.wait_stopped(timeout, expect_rc, f"after {signal.Signals(sig).name}")
+
+    def wait_stopped(self, timeout=60, expect_rc=0, why="(signalled earlier)"):
+        """Wait for the exit without signalling (a second SIGTERM would stop
+        it at once); check the exit code and for sanitizer reports."""
         rc = self.wait_exit(timeout)
         if rc is None:
-            fail(f"relay (pid {self.pid}) did not exit within {timeout}s after "
-                 f"{signal.Signals(sig).name}")
+            fail(f"relay (pid {self.pid}) did not exit within {timeout}s {why}")
         san = self.sanitizer_lines()
         if san:
             fail(f"relay printed a sanitizer report: {san[0]}")
         if expect_rc is not None:
-            check(rc == expect_rc, f"relay {describe_rc(rc)} after {signal.Signals(sig).name}, "
-                                   f"expected exit {expect_rc}")
+            check(rc == expect_rc, f"relay {describe_rc(rc)} {why}, expected exit {expect_rc}")
         return rc
 
 
@@ -619,6 +643,7 @@ GiB = 1 << 30
 
 
 def _dump_all():
+    time.sleep(0.5)  # let the last log lines of still-running processes arrive
     with _procs_lock:
         procs = list(_procs)
     for p in procs:

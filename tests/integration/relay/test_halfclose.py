@@ -88,7 +88,8 @@ def run():
     relay_b.stop()
     tb.close()
     zt.log("B: target shutdown(SHUT_WR) first, client then sent 2 MiB, all received")
-    return "half-close both ways: request+SHUT_WR then 2 MiB reply; greeting+SHUT_WR then 2 MiB upload; exact"
+    return ("half-close both ways: request+SHUT_WR then 2 MiB reply; greeting+SHUT_WR then "
+            "2 MiB upload; exact")
 
 
 zt.main(run)

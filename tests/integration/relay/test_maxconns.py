@@ -14,8 +14,12 @@ import ztmtest as zt  # noqa: E402
 
 def echo_ok(c, what):
     msg = os.urandom(10_000)
-    c.sendall(msg)
-    zt.check(zt.recv_exact(c, len(msg)) == msg, f"{what}: echo differs")
+    try:
+        c.sendall(msg)
+        got = zt.recv_exact(c, len(msg))
+    except (zt.TestFailure, OSError) as e:
+        zt.fail(f"{what} (client port {c.getsockname()[1]}): echo failed: {e}")
+    zt.check(got == msg, f"{what}: echo differs")
 
 
 def run():
@@ -60,7 +64,8 @@ def run():
     relay.wait_for_log("conn.close", count=4, reason="done")
     relay.stop()
     target.close()
-    return "3 connections work, the 4th gets EOF + conn.reject reason=max_conns, a slot freed is reused"
+    return ("3 connections work, the 4th gets EOF + conn.reject reason=max_conns, a slot freed "
+            "is reused")
 
 
 zt.main(run)

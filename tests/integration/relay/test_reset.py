@@ -34,7 +34,8 @@ def run():
     ta.check()
     cl = relay.close_for(port_a)
     zt.check(cl.get("reason") == "reset", f"A: conn.close {cl}; expected reason=reset")
-    zt.check(cl.get("up") == str(len(HELLO)), f"A: conn.close up={cl.get('up')}, expected {len(HELLO)}")
+    zt.check(cl.get("up") == str(len(HELLO)),
+             f"A: conn.close up={cl.get('up')}, expected {len(HELLO)}")
     zt.log("A: target RST -> client ECONNRESET, reason=reset")
 
     # ---- B: the client resets ---------------------------------------------
@@ -72,7 +73,8 @@ def run():
     relay_b.stop()
     ta.close()
     tb.close()
-    return "target RST -> client ECONNRESET; client RST -> target ECONNRESET; both logged reason=reset"
+    return ("target RST -> client ECONNRESET; client RST -> target ECONNRESET; both logged "
+            "reason=reset")
 
 
 zt.main(run)

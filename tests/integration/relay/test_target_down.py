@@ -28,7 +28,8 @@ def run():
                  f"conn.close {cl}; expected reason=connect_failed")
         zt.check(cl.get("down") == "0", f"conn.close down={cl.get('down')}, expected 0")
         cf = relay.wait_for_log("conn.connect_failed", conn=cl.get("conn"))
-        zt.check(cf.get("level") == "warn", f"conn.connect_failed level={cf.get('level')}, expected warn")
+        zt.check(cf.get("level") == "warn",
+                 f"conn.connect_failed level={cf.get('level')}, expected warn")
         zt.check(cf.get("to") == f"127.0.0.1:{tport}",
                  f"conn.connect_failed to={cf.get('to')}, expected 127.0.0.1:{tport}")
     zt.log(f"{TRIES} connections with the target down: EOF, connect_failed logged")
