@@ -115,8 +115,11 @@ uint8_t *ztm_tls_in_space(ztm_tls_conn_t *conn, size_t *len);
  * more than the room that was given. */
 int ztm_tls_in_commit(ztm_tls_conn_t *conn, size_t n);
 /* Copies up to LEN bytes of ciphertext in; returns how many were taken
- * (less than LEN when the buffer is full or the kTLS switch needs a record
- * boundary: keep the rest and feed it after reading plaintext). */
+ * (less than LEN when the buffer is full: keep the rest and feed it after
+ * reading plaintext). For a caller whose receives land in its own buffers
+ * (provided-buffer rings). It takes bytes past ztm_tls_recv_limit too: they
+ * can only delay a kTLS switch until the stream is at a record boundary
+ * again with nothing left to read. */
 size_t ztm_tls_feed(ztm_tls_conn_t *conn, const void *buf, size_t len);
 /* The transport reached EOF: a read that needs more input then fails with
  * ZTM_TLS_E_TRUNCATED instead of -EAGAIN. */
