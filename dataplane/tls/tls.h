@@ -137,7 +137,8 @@ size_t ztm_tls_recv_limit(const ztm_tls_conn_t *conn);
 
 /* Advances the handshake with what has been fed. Returns 0 once it is
  * complete (the peer verified, TLS 1.3 and ALPN h2 agreed); -EAGAIN when it
- * needs more input (send ztm_tls_out_pending first); -ETIMEDOUT past the
+ * needs more input (send ztm_tls_out_pending first); -ENOBUFS when the out
+ * buffer is full (send, consume, call again); -ETIMEDOUT past the
  * deadline; ZTM_TLS_E_VERIFY, ZTM_TLS_E_PEER_ALERT, ZTM_TLS_E_ALPN,
  * ZTM_TLS_E_PROTOCOL, ZTM_TLS_E_TRUNCATED. Each failure is logged once
  * (tls.verify_failed / tls.handshake_failed) with its reason; send the
