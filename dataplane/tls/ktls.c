@@ -437,7 +437,8 @@ int ztm_ktls_note_sent(ztm_tls_conn_t *c, int fd, size_t bytes)
     if (c->tx_records_est < c->tx_check_at)
         return 0;
     union crypto_info ci_now;
-    socklen_t len = sizeof(ci_now);
+    /* the kernel wants the exact struct size for the cipher */
+    socklen_t len = id == 0x1301 ? sizeof(ci_now.aes128) : sizeof(ci_now.aes256);
     int rc = 0;
     if (getsockopt(fd, SOL_TLS, TLS_TX, &ci_now, &len) != 0) {
         rc = -errno;

@@ -13,7 +13,14 @@
  * recv() fail with EIO, so receive with recvmsg and a control buffer
  * (ztm_ktls_recv does); the kernel cannot follow a TLS 1.3 KeyUpdate, so
  * one ends the connection (ZTM_TLS_E_REKEY_NEEDED: send close_notify and
- * close; reconnecting is the caller's job). */
+ * close; reconnecting is the caller's job).
+ *
+ * Closing well after such an error: send close_notify, shutdown(SHUT_WR),
+ * and close() only once the kernel's send queue has drained (SIOCOUTQ 0) or
+ * the peer hung up. A close() with unread bytes in the receive queue resets
+ * the connection and discards what is still queued for sending, the
+ * close_notify included; and the peer's FIN may never arrive, stuck behind
+ * data that can no longer be read. */
 #ifndef ZTM_TLS_KTLS_H
 #define ZTM_TLS_KTLS_H
 

@@ -142,6 +142,7 @@ static ztm_ktls_rec_kind_t classify_handshake(ztm_ktls_hs_t *hs, const uint8_t *
             return bad(out, "handshake message not allowed after the handshake");
         }
     }
+    out->hs_type = hs->type;
     out->kind = ZTM_KTLS_REC_IGNORE;
     return out->kind;
 }

@@ -663,7 +663,7 @@ size_t ztm_tls_recv_limit(const ztm_tls_conn_t *c)
     return ztm_tls_rec_scan_need(&c->rx_scan);
 }
 
-uint8_t *ztm_tls_in_space(ztm_tls_conn_t *c, size_t *len)
+static uint8_t *in_space(ztm_tls_conn_t *c, size_t *len, size_t limit)
 {
     *len = 0;
     if (!c->in)
@@ -676,12 +676,16 @@ uint8_t *ztm_tls_in_space(ztm_tls_conn_t *c, size_t *len)
         c->in_r = 0;
     }
     size_t room = c->in_cap - c->in_w;
-    size_t limit = ztm_tls_recv_limit(c);
     if (room > limit)
         room = limit;
     c->in_lent = room;
     *len = room;
     return c->in + c->in_w;
+}
+
+uint8_t *ztm_tls_in_space(ztm_tls_conn_t *c, size_t *len)
+{
+    return in_space(c, len, ztm_tls_recv_limit(c));
 }
 
 int ztm_tls_in_commit(ztm_tls_conn_t *c, size_t n)
@@ -699,8 +703,10 @@ int ztm_tls_in_commit(ztm_tls_conn_t *c, size_t n)
 
 size_t ztm_tls_feed(ztm_tls_conn_t *c, const void *buf, size_t len)
 {
+    /* Bytes already off the socket must be taken whatever the recv limit:
+     * past a record boundary they only delay the kTLS switch. */
     size_t room;
-    uint8_t *dst = ztm_tls_in_space(c, &room);
+    uint8_t *dst = in_space(c, &room, SIZE_MAX);
     size_t n = len < room ? len : room;
     if (n > 0)
         memcpy(dst, buf, n);

@@ -120,8 +120,11 @@ uint8_t *ztm_tls_in_space(ztm_tls_conn_t *conn, size_t *len);
  * more than the room that was given. */
 int ztm_tls_in_commit(ztm_tls_conn_t *conn, size_t n);
 /* Copies up to LEN bytes of ciphertext in; returns how many were taken
- * (less than LEN when the buffer is full or the kTLS switch needs a record
- * boundary: keep the rest and feed it after reading plaintext). */
+ * (less than LEN when the buffer is full: keep the rest and feed it after
+ * reading plaintext). For a caller whose receives land in its own buffers
+ * (provided-buffer rings). It takes bytes past ztm_tls_recv_limit too: they
+ * can only delay a kTLS switch until the stream is at a record boundary
+ * again with nothing left to read. */
 size_t ztm_tls_feed(ztm_tls_conn_t *conn, const void *buf, size_t len);
 /* The transport reached EOF: a read that needs more input then fails with
  * ZTM_TLS_E_TRUNCATED instead of -EAGAIN. */
@@ -139,7 +142,8 @@ size_t ztm_tls_recv_limit(const ztm_tls_conn_t *conn);
 
 /* Advances the handshake with what has been fed. Returns 0 once it is
  * complete (the peer verified, TLS 1.3 and ALPN h2 agreed); -EAGAIN when it
- * needs more input (send ztm_tls_out_pending first); -ETIMEDOUT past the
+ * needs more input (send ztm_tls_out_pending first); -ENOBUFS when the out
+ * buffer is full (send, consume, call again); -ETIMEDOUT past the
  * deadline; ZTM_TLS_E_VERIFY, ZTM_TLS_E_PEER_ALERT, ZTM_TLS_E_ALPN,
  * ZTM_TLS_E_PROTOCOL, ZTM_TLS_E_TRUNCATED. Each failure is logged once
  * (tls.verify_failed / tls.handshake_failed) with its reason; send the

@@ -8,6 +8,8 @@
  *   ztm-tlsprobe pair   --certs DIR [options]       both sides, two processes
  *   ztm-tlsprobe server --certs DIR --listen HOST:PORT [--port-file F] [--count N] [options]
  *   ztm-tlsprobe client --certs DIR --connect HOST:PORT [options]
+ *   ztm-tlsprobe gen server|client BYTES    write that side's stream to stdout
+ *   ztm-tlsprobe sha256                     SHA-256 of stdin, in hex (fast in the VM)
  *
  * Options (in pair mode, --server-OPT / --client-OPT apply to one side):
  *   --ktls off|auto|on      record layer after the handshake (default auto)
@@ -16,6 +18,7 @@
  *   --cert NAME             use DIR/NAME.pem and DIR/NAME.key (default server/client)
  *   --echo                  send back what is received instead of a stream
  *   --peer-echo             the peer echoes: expect our own stream back
+ *   --close-after-recv      send close_notify only once all expected bytes arrived
  *   --key-update-at N       user space: send a KeyUpdate after N bytes sent
  *   --record-limit N        AES-GCM records per key before closing (kTLS)
  *   --expect-close R        the ending that counts as success (default close_notify;
@@ -44,6 +47,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -63,6 +68,7 @@ typedef struct {
     bool expect_set;
     bool echo;
     bool peer_echo;
+    bool close_after_recv;
     uint64_t key_update_at;
     uint64_t record_limit;
     const char *expect_close;
@@ -85,6 +91,7 @@ typedef struct {
     bool close_sent, peer_closed, eof, send_dead, key_updated;
     const char *ending;
     int err;
+    long ms, linger_ms; /* time to the end; of it, spent closing after a failure */
 } ep_t;
 
 static uint64_t parse_size(const char *s)
@@ -257,6 +264,8 @@ static void refill(ep_t *e)
 
 static bool all_sent(const ep_t *e)
 {
+    if (e->o->close_after_recv && e->recvd < e->o->expect)
+        return false;
     if (e->o->echo)
         return (e->peer_closed || e->recvd >= e->o->expect) && e->tx_off == e->tx_len;
     return e->sent >= e->o->bytes;
@@ -416,6 +425,10 @@ static int step(ep_t *e, bool *want_write)
 static bool finished(ep_t *e)
 {
     const uint8_t *d;
+    if (e->peer_closed && e->send_dead && !all_sent(e)) {
+        e->ending = "peer_closed_early"; /* and gone: we could not finish sending */
+        return true;
+    }
     if (cut_short(e)) {
         e->ending = "peer_closed_early";
         return e->close_sent || e->send_dead;
@@ -425,6 +438,53 @@ static bool finished(ep_t *e)
         return true;
     }
     return false;
+}
+
+static long ms_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - t0->tv_sec) * 1000L + (now.tv_nsec - t0->tv_nsec) / 1000000L;
+}
+
+/* After a failure: get the last word out (the pending alert, or
+ * close_notify under kTLS after a rekey or the record limit), then wait
+ * until the peer's TCP has acknowledged everything we sent. Closing with
+ * unread data in the receive queue makes the kernel reset the connection
+ * and drop whatever is still queued for sending, close_notify included;
+ * and the peer's FIN may never come, stuck behind data we no longer read. */
+static void close_well(ep_t *e, int err)
+{
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    bool ktls = ztm_ktls_state(e->tls) != 0;
+    bool notify = ktls && (err == ZTM_TLS_E_REKEY_NEEDED || err == ZTM_TLS_E_RECORD_LIMIT);
+    while (ms_since(&t0) < 5000 && !e->send_dead) {
+        bool want_write = false;
+        if (notify && !e->close_sent) {
+            int r = ztm_ktls_send_close_notify(e->tls, e->fd);
+            if (r == 0)
+                e->close_sent = true;
+            else if (r == -EAGAIN)
+                want_write = true;
+            else
+                break;
+        } else if (!ktls) {
+            flush_out(e, &want_write);
+        }
+        if (!want_write)
+            break;
+        struct pollfd p = {e->fd, POLLOUT, 0};
+        poll(&p, 1, 100);
+    }
+    shutdown(e->fd, SHUT_WR);
+    int unacked;
+    while (ms_since(&t0) < 5000 && ioctl(e->fd, SIOCOUTQ, &unacked) == 0 && unacked > 0) {
+        struct pollfd p = {e->fd, POLLRDHUP, 0};
+        if (poll(&p, 1, 20) > 0 && (p.revents & (POLLHUP | POLLERR)))
+            break;
+    }
+    e->linger_ms = ms_since(&t0);
 }
 
 static int run_endpoint(ep_t *e)
@@ -437,24 +497,15 @@ static int run_endpoint(ep_t *e)
         if (r < 0) {
             e->err = r;
             e->ending = ending_of(r);
-            /* Best effort: tell the peer (alert, or close_notify under kTLS
-             * after a rekey or the record limit). */
-            if (ztm_ktls_state(e->tls) &&
-                (r == ZTM_TLS_E_REKEY_NEEDED || r == ZTM_TLS_E_RECORD_LIMIT)) {
-                if (ztm_ktls_send_close_notify(e->tls, e->fd) == 0)
-                    e->close_sent = true;
-            } else {
-                bool ww = false;
-                flush_out(e, &ww);
-            }
+            close_well(e, r);
+            e->ms = ms_since(&t0);
             return r;
         }
-        if (finished(e))
+        if (finished(e)) {
+            e->ms = ms_since(&t0);
             return 0;
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long left_ms = e->o->timeout_s * 1000L -
-                       ((now.tv_sec - t0.tv_sec) * 1000L + (now.tv_nsec - t0.tv_nsec) / 1000000L);
+        }
+        long left_ms = e->o->timeout_s * 1000L - ms_since(&t0);
         if (left_ms <= 0) {
             e->err = -ETIMEDOUT;
             e->ending = "timeout";
@@ -487,13 +538,13 @@ static bool report(ep_t *e, char *sent_hex, char *recv_hex)
     const char *reason = e->tls ? ztm_tls_conn_verify_reason(e->tls) : NULL;
     printf("tlsprobe side=%s cipher=%s ktls_mode=%s ktls_tx=%d ktls_rx=%d sent=%llu recv=%llu "
            "sent_sha256=%s recv_sha256=%s recv_exact=%d close=%s verify_reason=%s alert=%d "
-           "error=\"%s\" result=%s\n",
+           "error=\"%s\" ms=%ld linger_ms=%ld result=%s\n",
            e->o->server ? "server" : "client", e->tls ? ztm_tls_conn_cipher(e->tls) : "",
            ztm_ktls_mode_name(e->o->ktls), !!(k & ZTM_KTLS_TX), !!(k & ZTM_KTLS_RX),
            (unsigned long long)e->sent, (unsigned long long)e->recvd, sent_hex, recv_hex,
            e->recv_exact && !e->o->echo, ending, reason ? reason : "-",
-           e->tls ? ztm_tls_conn_alert(e->tls) : -1, e->err ? ztm_tls_strerror(e->err) : "-",
-           ok ? "ok" : "FAIL");
+           e->tls ? ztm_tls_conn_alert(e->tls) : -1, e->err ? ztm_tls_strerror(e->err) : "-", e->ms,
+           e->linger_ms, ok ? "ok" : "FAIL");
     fflush(stdout);
     return ok;
 }
@@ -579,8 +630,8 @@ static void parse(int argc, char **argv, const char *side, cmd_t *c)
             a += 7;
         }
         const char *v = NULL;
-        bool flag =
-            strcmp(a, "echo") == 0 || strcmp(a, "noaes") == 0 || strcmp(a, "peer-echo") == 0;
+        bool flag = strcmp(a, "echo") == 0 || strcmp(a, "noaes") == 0 ||
+                    strcmp(a, "peer-echo") == 0 || strcmp(a, "close-after-recv") == 0;
         if (!flag) {
             if (i + 1 >= argc)
                 usage();
@@ -603,6 +654,8 @@ static void parse(int argc, char **argv, const char *side, cmd_t *c)
             o->expect = parse_size(v), o->expect_set = true;
         else if (strcmp(a, "echo") == 0)
             o->echo = true;
+        else if (strcmp(a, "close-after-recv") == 0)
+            o->close_after_recv = true;
         else if (strcmp(a, "peer-echo") == 0)
             o->peer_echo = true;
         else if (strcmp(a, "noaes") == 0)
@@ -864,6 +917,33 @@ int main(int argc, char **argv)
         return cmd_server(argc - 2, argv + 2);
     if (strcmp(argv[1], "client") == 0)
         return cmd_client(argc - 2, argv + 2, "client");
+    if (strcmp(argv[1], "gen") == 0 && argc == 4) {
+        uint64_t seed = strcmp(argv[2], "server") == 0 ? SEED_SERVER : SEED_CLIENT;
+        uint64_t total = parse_size(argv[3]);
+        static uint8_t buf[IO_CHUNK];
+        for (uint64_t pos = 0; pos < total;) {
+            size_t k = total - pos < sizeof(buf) ? (size_t)(total - pos) : sizeof(buf);
+            gen(seed, pos, buf, k);
+            if (fwrite(buf, 1, k, stdout) != k)
+                return 1;
+            pos += k;
+        }
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
+    if (strcmp(argv[1], "sha256") == 0 && argc == 2) {
+        static uint8_t buf[IO_CHUNK];
+        SHA256_CTX sha;
+        SHA256_Init(&sha);
+        ssize_t n;
+        while ((n = read(STDIN_FILENO, buf, sizeof(buf))) > 0)
+            SHA256_Update(&sha, buf, (size_t)n);
+        uint8_t d[32];
+        char h[65];
+        SHA256_Final(d, &sha);
+        hex(d, 32, h);
+        printf("%s\n", h);
+        return n == 0 ? 0 : 1;
+    }
     if (strcmp(argv[1], "pair-client") == 0)
         return cmd_client(argc - 2, argv + 2, "client");
     usage();

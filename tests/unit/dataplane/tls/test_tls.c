@@ -539,6 +539,20 @@ static void test_ktls_modes(void)
         CHECK_EQ(rs, 0);
         CHECK(ztm_ktls_pending(c));
         CHECK_EQ(ztm_tls_recv_limit(s), 0); /* settle the switch first */
+        if (avail != 0 && mode == ZTM_KTLS_AUTO) {
+            /* Bytes fed past the boundary (a caller that ignored the recv
+             * limit) only postpone the switch until they have been read. */
+            const uint8_t *d;
+            CHECK_EQ(ztm_ktls_enable(c, cfd), 0);
+            CHECK_EQ(ztm_tls_write(c, "early", 5), 5);
+            size_t n = ztm_tls_out_pending(c, &d);
+            CHECK_EQ(ztm_tls_feed(s, d, n), n); /* past recv_limit 0 */
+            ztm_tls_out_consume(c, n);
+            CHECK_EQ(ztm_ktls_enable(s, afd), -EAGAIN);
+            char early[8];
+            CHECK_EQ(ztm_tls_read(s, early, sizeof(early)), 5);
+            CHECK_EQ(ztm_tls_read(s, early, sizeof(early)), -EAGAIN);
+        }
         int ec = ztm_ktls_enable(c, cfd), es = ztm_ktls_enable(s, afd);
         if (avail != 0 && mode == ZTM_KTLS_AUTO) {
             CHECK_EQ(ec, 0);
