@@ -65,6 +65,15 @@ void ztm_store_base_fini(ztm_store_t *s)
     }
 }
 
+int ztm_store_open(const ztm_store_options_t *opts, ztm_store_t **out)
+{
+    if (!opts)
+        return -EINVAL;
+    if (opts->redis_url)
+        return -ENOTSUP; /* the Redis backend comes with hub clusters */
+    return ztm_store_open_embedded(opts, out);
+}
+
 void ztm_store_close(ztm_store_t *s)
 {
     if (s)

@@ -86,11 +86,18 @@ const char *ztm_store_strerror(int err);
 
 typedef struct {
     const char *dir;        /* embedded: the state directory (created 0700) */
+    const char *redis_url;  /* redis://HOST:PORT[/DB]: the Redis backend; NULL: embedded */
+    const char *mesh;       /* Redis: the mesh ID, the prefix of every key */
     size_t retention;       /* events kept; 0: ZTM_STORE_DEFAULT_RETENTION */
     /* Monotonic milliseconds for TTLs; NULL: CLOCK_MONOTONIC. For tests. */
     int64_t (*clock_ms)(void *arg);
     void *clock_arg;
 } ztm_store_options_t;
+
+/* Opens the store OPTS describe: Redis when redis_url is set (not built
+ * yet: -ENOTSUP), else the embedded store in OPTS->dir. What callers use, so
+ * that a deployment picks its backend by configuration alone. */
+int ztm_store_open(const ztm_store_options_t *opts, ztm_store_t **out);
 
 /* Opens (or creates) the embedded store in OPTS->dir: takes an exclusive
  * lock on the directory (-EBUSY if another process holds it), removes

@@ -117,6 +117,14 @@ static void test_records(void)
 
     ztm_store_close(s);
 
+    /* the generic opener: Redis is not built yet, the embedded store is */
+    ztm_store_options_t ro = {.dir = dir, .redis_url = "redis://127.0.0.1:6379", .mesh = "m1"};
+    CHECK_INT(ztm_store_open(&ro, &s), -ENOTSUP);
+    CHECK_INT(ztm_store_open(NULL, &s), -EINVAL);
+    ztm_store_options_t eo = {.dir = dir};
+    CHECK_INT(ztm_store_open(&eo, &s), 0);
+    ztm_store_close(s);
+
     /* reopen: everything is there; the file is private */
     s = open_store(0);
     v = get_str(s, ZTM_STORE_ENDPOINT, "e1");
