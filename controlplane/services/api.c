@@ -196,6 +196,8 @@ int ztm_api_new(const ztm_api_config_t *config, ztm_store_t *store, ztm_ca_t *ca
         return -ENOMEM;
     api->store = store;
     api->ca = ca;
+    if (ztm_ca_export(ca, &api->ca_pem, NULL, NULL, NULL) < 0)
+        goto nomem;
     api->leaf_lifetime = config->leaf_lifetime;
     api->clock = config->clock ? config->clock : wall_clock;
     api->clock_arg = config->clock_arg;
@@ -225,6 +227,7 @@ void ztm_api_free(ztm_api_t *api)
     for (size_t i = 0; i < api->n_hubs; i++)
         free(api->hubs[i]);
     free(api->hubs);
+    free(api->ca_pem);
     free(api);
 }
 

@@ -21,7 +21,12 @@
  *                                        further (an agent acts only on its
  *                                        own endpoint and services)
  *
- * Everything runs on the control-plane thread that owns the store. */
+ * Everything runs on the control-plane thread that owns the store.
+ *
+ * Batching: a server may run every call that is ready in one turn of its
+ * loop inside ztm_store_group_begin/_end, and send the replies only after
+ * _end returned 0 (one fsync for the lot); if _end fails, every call of the
+ * group must be answered UNAVAILABLE instead, since its changes were undone. */
 #ifndef ZTM_CONTROLPLANE_SERVICES_API_H
 #define ZTM_CONTROLPLANE_SERVICES_API_H
 

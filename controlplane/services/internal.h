@@ -29,6 +29,7 @@
 struct ztm_api {
     ztm_store_t *store;
     ztm_ca_t *ca;
+    char *ca_pem; /* the CA certificate, encoded once */
     char **hubs;
     size_t n_hubs;
     int64_t leaf_lifetime;

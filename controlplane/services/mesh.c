@@ -335,7 +335,6 @@ void mesh_join(ztm_api_t *api, arena_t *a, const ztm_identity_t *caller,
     ztm_invite_t inv = {0};
     ztm_csr_t *csr = NULL;
     ztm_ca_issued_t cert = {0};
-    char *ca_pem = NULL;
     int r = ztm_token_decode(req->token, strlen(req->token), &tok);
     if (r < 0) {
         api_fail(reply, ZTM_GRPC_INVALID_ARGUMENT, "invite token: %s", ztm_token_strerror(r));
@@ -389,14 +388,10 @@ void mesh_join(ztm_api_t *api, arena_t *a, const ztm_identity_t *caller,
             api_store_fail(reply, r, "join");
         goto out;
     }
-    if ((r = ztm_ca_export(api->ca, &ca_pem, NULL, NULL, NULL)) < 0) {
-        api_fail(reply, ZTM_GRPC_INTERNAL, "exporting the CA: %s", ztm_ca_strerror(r));
-        goto out;
-    }
     Ztm__V1__JoinResponse resp = ZTM__V1__JOIN_RESPONSE__INIT;
     resp.endpoint = &ep;
     resp.certificate_pem = cert.pem;
-    resp.ca_certificate_pem = ca_pem;
+    resp.ca_certificate_pem = api->ca_pem;
     join_hubs(api, a, &tok, &resp);
     api_ok(reply, &resp.base);
     ztm_log(ZTM_LOG_INFO, "endpoint.joined", "id=%s name=%s role=%s serial=%s", id, inv.name,
@@ -406,7 +401,6 @@ out:
     ztm_invite_clear(&inv);
     ztm_csr_free(csr);
     ztm_ca_issued_clear(&cert);
-    free(ca_pem);
 }
 
 /* ---- Renew ---------------------------------------------------------------------------- */
@@ -418,7 +412,6 @@ void mesh_renew(ztm_api_t *api, arena_t *a, const ztm_identity_t *caller,
     int64_t now = api_now(api);
     ztm_csr_t *csr = NULL;
     ztm_ca_issued_t cert = {0};
-    char *ca_pem = NULL;
     void *old_ep = NULL, *old_ic = NULL;
     size_t old_ep_len, old_ic_len;
     int r;
@@ -459,8 +452,7 @@ void mesh_renew(ztm_api_t *api, arena_t *a, const ztm_identity_t *caller,
             leaf.n_ips = prev->n_ip_addresses;
         }
     }
-    if ((r = ztm_ca_issue(api->ca, csr, &leaf, &cert)) < 0 ||
-        (r = ztm_ca_export(api->ca, &ca_pem, NULL, NULL, NULL)) < 0) {
+    if ((r = ztm_ca_issue(api->ca, csr, &leaf, &cert)) < 0) {
         api_fail(reply, ZTM_GRPC_INTERNAL, "issuing the certificate: %s", ztm_ca_strerror(r));
         goto out;
     }
@@ -496,7 +488,7 @@ void mesh_renew(ztm_api_t *api, arena_t *a, const ztm_identity_t *caller,
     }
     Ztm__V1__RenewResponse resp = ZTM__V1__RENEW_RESPONSE__INIT;
     resp.certificate_pem = cert.pem;
-    resp.ca_certificate_pem = ca_pem;
+    resp.ca_certificate_pem = api->ca_pem;
     resp.not_after = cert.not_after;
     api_ok(reply, &resp.base);
     ztm_log(ZTM_LOG_INFO, "cert.renewed", "id=%s name=%s serial=%s previous=%s", caller->id,
@@ -506,7 +498,6 @@ out:
     free(old_ic);
     ztm_csr_free(csr);
     ztm_ca_issued_clear(&cert);
-    free(ca_pem);
 }
 
 /* ---- Revoke ------------------------------------------------------------------------------ */

@@ -116,9 +116,33 @@ int ztm_store_commit(ztm_store_t *s, const ztm_store_op_t *ops, size_t n_ops,
         return ret;
     if (version)
         *version = v;
-    if (n_events)
+    if (n_events && !s->in_group)
         ztm_store_notify(s, v);
     return 0;
+}
+
+int ztm_store_group_begin(ztm_store_t *s)
+{
+    if (s->in_group)
+        return -EBUSY;
+    int ret = s->ops->group_begin(s);
+    if (ret == 0) {
+        s->in_group = true;
+        s->group_version = s->ops->version(s);
+    }
+    return ret;
+}
+
+int ztm_store_group_end(ztm_store_t *s)
+{
+    if (!s->in_group)
+        return -EINVAL;
+    s->in_group = false;
+    int ret = s->ops->group_end(s);
+    uint64_t v = s->ops->version(s);
+    if (ret == 0 && v > s->group_version)
+        ztm_store_notify(s, v);
+    return ret;
 }
 
 int ztm_store_put(ztm_store_t *s, ztm_store_kind_t kind, const char *key, const void *value,

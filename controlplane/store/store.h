@@ -154,9 +154,21 @@ typedef struct {
  * durable, visible to readers, and *VERSION (may be NULL) is the version of
  * the last event appended (the current version when there were none);
  * subscribers are then notified. Returns 0, ZTM_STORE_E_CONFLICT, -EINVAL,
- * -EMSGSIZE, -ENOMEM or an I/O -errno (the store is unchanged then). */
+ * -EMSGSIZE, -ENOMEM or an I/O -errno (the store is unchanged then).
+ * Inside a group (below) "durable" waits for the group's end. */
 int ztm_store_commit(ztm_store_t *s, const ztm_store_op_t *ops, size_t n_ops,
                      const ztm_store_event_t *events, size_t n_events, uint64_t *version);
+
+/* Group commit. Between _begin and _end, commits are checked and applied
+ * at once (later commits and reads see them) but made durable together by
+ * one write at the end, and subscribers hear of their events only then.
+ * For a server that handles every request ready in one turn of its loop and
+ * answers them once the group is durable: one fsync for many commits.
+ * Groups do not nest (-EBUSY). _end returns 0, or an error after which
+ * every commit of the group is undone: answer each of its requests with an
+ * error. */
+int ztm_store_group_begin(ztm_store_t *s);
+int ztm_store_group_end(ztm_store_t *s);
 
 /* Convenience: an unconditional one-record put or delete, no event. */
 int ztm_store_put(ztm_store_t *s, ztm_store_kind_t kind, const char *key, const void *value,

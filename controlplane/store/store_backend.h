@@ -12,6 +12,8 @@ typedef struct {
     void (*close)(ztm_store_t *s);
     int (*commit)(ztm_store_t *s, const ztm_store_op_t *ops, size_t n_ops,
                   const ztm_store_event_t *events, size_t n_events, uint64_t *version);
+    int (*group_begin)(ztm_store_t *s);
+    int (*group_end)(ztm_store_t *s); /* on failure: every commit of the group undone */
     int (*get)(ztm_store_t *s, ztm_store_kind_t kind, const char *key, void **value, size_t *len);
     int (*list)(ztm_store_t *s, ztm_store_kind_t kind, const char *prefix, const char *after,
                 size_t limit, ztm_store_record_cb cb, void *arg);
@@ -38,6 +40,8 @@ struct ztm_store {
     int notifying;          /* depth of ztm_store_notify calls */
     uint64_t notify_target; /* highest version to announce */
     bool subs_removed;      /* some subscription died during a notification */
+    bool in_group;          /* between ztm_store_group_begin and _end */
+    uint64_t group_version; /* the version when the group began */
 };
 
 void ztm_store_base_init(ztm_store_t *s, const ztm_store_ops_t *ops);

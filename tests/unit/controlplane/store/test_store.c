@@ -482,6 +482,67 @@ static void write_db(const void *data, size_t len)
     REQUIRE(ztm_file_write_atomic(path, data, len, 0600) == 0);
 }
 
+/* CRC-32C bit by bit, independent of the store's (table or SSE4.2) one. */
+static uint32_t crc32c_ref(const uint8_t *p, size_t n)
+{
+    uint32_t c = 0xffffffffu;
+    while (n--) {
+        c ^= *p++;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+    }
+    return c ^ 0xffffffffu;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* A file written by hand from the format in embedded.c loads. */
+static void test_known_file(void)
+{
+    CHECK(crc32c_ref((const uint8_t *)"123456789", 9) == 0xe3069283u); /* the standard check */
+    rm_state();
+    REQUIRE(ztm_file_mkdirs(dir, 0700) == 0);
+    uint8_t f[128];
+    size_t n = 0;
+    memcpy(f, "ZTMSTORE", 8);
+    put32(f + 8, 1);
+    put32(f + 12, 0);
+    put32(f + 16, 7); /* version 7 */
+    put32(f + 20, 0);
+    put32(f + 24, 1); /* one record */
+    put32(f + 28, 1); /* one event */
+    n = 32;
+    f[n++] = ZTM_STORE_ENDPOINT;
+    f[n++] = 2;
+    put32(f + n, 3);
+    n += 4;
+    memcpy(f + n, "e1abc", 5);
+    n += 5;
+    put32(f + n, 7);
+    put32(f + n + 4, 0);
+    n += 8;
+    put32(f + n, 2);
+    put32(f + n + 4, 2);
+    n += 8;
+    memcpy(f + n, "ev", 2);
+    n += 2;
+    /* a CRC over a length that is not a multiple of 8 exercises both loops */
+    put32(f + n, crc32c_ref(f, n));
+    n += 4;
+    write_db(f, n);
+    ztm_store_t *s;
+    CHECK_INT(try_open(&s), 0);
+    char *v = get_str(s, ZTM_STORE_ENDPOINT, "e1");
+    CHECK_STR(v, "abc");
+    free(v);
+    CHECK(ztm_store_version(s) == 7);
+    ztm_store_close(s);
+}
+
 static void test_corruption(void)
 {
     rm_state();
@@ -581,6 +642,104 @@ static void test_write_failure(void)
     CHECK_STR(v, "new");
     free(v);
     ztm_store_close(s);
+}
+
+static int notified;
+static uint64_t notified_version;
+
+static void count_notify(void *arg, uint64_t version)
+{
+    notified++;
+    notified_version = version;
+}
+
+static void test_group(void)
+{
+    rm_state();
+    ztm_store_t *s = open_store(0);
+    CHECK_INT(ztm_store_put(s, ZTM_STORE_META, "before", "1", 1), 0);
+    CHECK_INT(ztm_store_subscribe(s, count_notify, NULL, NULL), 0);
+    size_t len0;
+    char *file0 = read_db(&len0);
+
+    CHECK_INT(ztm_store_group_begin(s), 0);
+    CHECK_INT(ztm_store_group_begin(s), -EBUSY);
+    ztm_store_op_t a = {.type = ZTM_STORE_PUT, .kind = ZTM_STORE_ENDPOINT, .key = "a",
+                        .value = "A", .len = 1, .cond = ZTM_STORE_IF_ABSENT};
+    ztm_store_event_t ev = {.topic = 1, .data = "x", .len = 1};
+    uint64_t v;
+    CHECK_INT(ztm_store_commit(s, &a, 1, &ev, 1, &v), 0);
+    CHECK(v == 1);
+    /* a later commit of the group sees the earlier one */
+    CHECK_INT(ztm_store_commit(s, &a, 1, NULL, 0, NULL), ZTM_STORE_E_CONFLICT);
+    char *got = get_str(s, ZTM_STORE_ENDPOINT, "a");
+    CHECK_STR(got, "A");
+    free(got);
+    ztm_store_op_t b = {.type = ZTM_STORE_DEL, .kind = ZTM_STORE_META, .key = "before"};
+    CHECK_INT(ztm_store_commit(s, &b, 1, &ev, 1, &v), 0);
+    CHECK(v == 2);
+    CHECK_INT(notified, 0);              /* not durable yet: nobody told */
+    size_t len1;
+    char *file1 = read_db(&len1);
+    CHECK(len0 == len1 && memcmp(file0, file1, len0) == 0); /* nor written */
+    free(file1);
+    CHECK_INT(ztm_store_group_end(s), 0);
+    CHECK_INT(notified, 1);
+    CHECK(notified_version == 2);
+    CHECK_INT(ztm_store_group_end(s), -EINVAL);
+    ztm_store_close(s);
+    s = open_store(0);
+    got = get_str(s, ZTM_STORE_ENDPOINT, "a");
+    CHECK_STR(got, "A");
+    free(got);
+    void *p;
+    size_t len;
+    CHECK_INT(ztm_store_get(s, ZTM_STORE_META, "before", &p, &len), -ENOENT);
+    CHECK(ztm_store_version(s) == 2);
+
+    /* a group whose write fails is undone as a whole */
+    CHECK_INT(ztm_store_group_begin(s), 0);
+    ztm_store_op_t c = {.type = ZTM_STORE_PUT, .kind = ZTM_STORE_ENDPOINT, .key = "a",
+                        .value = "changed", .len = 7};
+    char big[8000];
+    memset(big, 'z', sizeof(big));
+    ztm_store_op_t d = {.type = ZTM_STORE_PUT, .kind = ZTM_STORE_ENDPOINT, .key = "big",
+                        .value = big, .len = sizeof(big)};
+    ztm_store_op_t del = {.type = ZTM_STORE_DEL, .kind = ZTM_STORE_ENDPOINT, .key = "a"};
+    CHECK_INT(ztm_store_commit(s, &c, 1, &ev, 1, NULL), 0);
+    CHECK_INT(ztm_store_commit(s, &d, 1, &ev, 1, NULL), 0);
+    CHECK_INT(ztm_store_commit(s, &del, 1, &ev, 1, NULL), 0);
+    CHECK_INT(ztm_store_commit(s, &c, 1, NULL, 0, NULL), 0);
+    CHECK(ztm_store_version(s) == 5);
+    struct rlimit old;
+    getrlimit(RLIMIT_FSIZE, &old);
+    struct rlimit lim = {.rlim_cur = 4096, .rlim_max = old.rlim_max};
+    REQUIRE(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    CHECK_INT(ztm_store_group_end(s), -EFBIG);
+    setrlimit(RLIMIT_FSIZE, &old);
+    got = get_str(s, ZTM_STORE_ENDPOINT, "a");
+    CHECK_STR(got, "A");
+    free(got);
+    CHECK_INT(ztm_store_get(s, ZTM_STORE_ENDPOINT, "big", &p, &len), -ENOENT);
+    CHECK(ztm_store_version(s) == 2);
+    events_t evs = {0};
+    CHECK_INT(ztm_store_read_events(s, 0, 0, on_event, &evs), 0);
+    CHECK_INT(evs.n, 2);
+
+    /* closing inside a group: nothing of it was durable */
+    CHECK_INT(ztm_store_group_begin(s), 0);
+    CHECK_INT(ztm_store_commit(s, &c, 1, &ev, 1, NULL), 0);
+    ztm_store_close(s);
+    s = open_store(0);
+    got = get_str(s, ZTM_STORE_ENDPOINT, "a");
+    CHECK_STR(got, "A");
+    free(got);
+    CHECK(ztm_store_version(s) == 2);
+    /* an empty group writes nothing */
+    CHECK_INT(ztm_store_group_begin(s), 0);
+    CHECK_INT(ztm_store_group_end(s), 0);
+    ztm_store_close(s);
+    free(file0);
 }
 
 static void test_soft(void)
@@ -683,8 +842,10 @@ int main(void)
     test_feed();
     test_subscribers();
     test_lock_and_temps();
+    test_known_file();
     test_corruption();
     test_write_failure();
+    test_group();
     test_soft();
     char cmd[700];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", top);
