@@ -101,6 +101,18 @@ void mesh_list_endpoints(ztm_api_t *, arena_t *, const ztm_identity_t *,
 void mesh_get_endpoint(ztm_api_t *, arena_t *, const ztm_identity_t *, const ProtobufCMessage *,
                        ztm_api_reply_t *);
 
+#define HANDLER(name)                                                                  \
+    void name(ztm_api_t *, arena_t *, const ztm_identity_t *, const ProtobufCMessage *,     \
+              ztm_api_reply_t *)
+HANDLER(svc_publish);
+HANDLER(svc_unpublish);
+HANDLER(svc_list);
+HANDLER(svc_set_policy);
+HANDLER(hub_register);
+HANDLER(hub_heartbeat);
+HANDLER(hub_list);
+#undef HANDLER
+
 /* Reads endpoint ID (with its presence) into the arena; NULL if absent. */
 Ztm__V1__Endpoint *api_load_endpoint(ztm_api_t *api, arena_t *a, const char *id);
 

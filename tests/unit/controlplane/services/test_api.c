@@ -8,13 +8,16 @@
 #include "controlplane/services/api.h"
 #include "controlplane/store/file.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "ztm/v1/hubs.pb-c.h"
 #include "ztm/v1/mesh.pb-c.h"
+#include "ztm/v1/services.pb-c.h"
 #include "ztm/v1/watch.pb-c.h"
 
 #include <errno.h>
 #include <time.h>
 
 #include <openssl/evp.h>
+#include <openssl/x509v3.h>
 
 #include "test.h"
 
@@ -620,6 +623,224 @@ static void test_watch(void)
     free(doomed.pem);
 }
 
+static Ztm__V1__Service *publish(const ztm_identity_t *who, const char *name, uint32_t weight,
+                                 const char *for_id, ztm_grpc_status_t want)
+{
+    Ztm__V1__PublishRequest req = ZTM__V1__PUBLISH_REQUEST__INIT;
+    req.name = (char *)name;
+    req.weight = weight;
+    req.endpoint_id = (char *)(for_id ? for_id : "");
+    ztm_api_reply_t r;
+    call("/ztm.v1.Services/Publish", who, &req.base, &r);
+    CHECK_STATUS(r, want);
+    Ztm__V1__Service *svc = NULL;
+    if (r.status == ZTM_GRPC_OK) {
+        Ztm__V1__PublishResponse *resp = ztm__v1__publish_response__unpack(NULL, r.len, r.body);
+        REQUIRE(resp && resp->service);
+        svc = resp->service;
+        resp->service = NULL;
+        ztm__v1__publish_response__free_unpacked(resp, NULL);
+    }
+    ztm_api_reply_clear(&r);
+    return svc;
+}
+
+static size_t count_services(const ztm_identity_t *who, Ztm__V1__Protocol proto)
+{
+    Ztm__V1__ListServicesRequest req = ZTM__V1__LIST_SERVICES_REQUEST__INIT;
+    req.protocol = proto;
+    ztm_api_reply_t r;
+    call("/ztm.v1.Services/List", who, &req.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_OK);
+    Ztm__V1__ListServicesResponse *resp = ztm__v1__list_services_response__unpack(NULL, r.len, r.body);
+    size_t n = resp ? resp->n_services : 0;
+    ztm__v1__list_services_response__free_unpacked(resp, NULL);
+    ztm_api_reply_clear(&r);
+    return n;
+}
+
+static void test_services_and_hubs(void)
+{
+    cred_t admin = enroll_admin("ops");
+    char *token = invite(&admin, "svc-a", 0, 0);
+    cred_t a = join(token, "svc-a");
+    free(token);
+    token = invite(&admin, "svc-b", 0, 0);
+    cred_t b = join(token, "svc-b");
+    free(token);
+    uint64_t v_start = ztm_store_version(st);
+    ztm_api_reply_t r;
+
+    /* a hub, enrolled with its names */
+    static const char *const dns[] = {"hub.example.com", "localhost"};
+    static const char *const ips[] = {"127.0.0.1"};
+    char *csr = make_csr("hub1");
+    ztm_ca_issued_t is;
+    char hub_id[ZTM_ID_MAX + 1];
+    REQUIRE(ztm_api_enroll(api, "hub1", ZTM_ROLE_HUB, csr, dns, 2, ips, 1, &is, hub_id) == 0);
+    ztm_identity_t hub;
+    REQUIRE(ztm_identity_from_pem(is.pem, is.pem_len, &hub) == 0);
+    ztm_ca_issued_clear(&is);
+    free(csr);
+
+    /* Hubs */
+    Ztm__V1__HubHeartbeatRequest hb = ZTM__V1__HUB_HEARTBEAT_REQUEST__INIT;
+    hb.agents = 2;
+    hb.sessions = 5;
+    call("/ztm.v1.Hubs/Heartbeat", &hub, &hb.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_FAILED_PRECONDITION); /* not registered yet */
+    ztm_api_reply_clear(&r);
+    Ztm__V1__RegisterHubRequest reg = ZTM__V1__REGISTER_HUB_REQUEST__INIT;
+    char *addrs[] = {"hub.example.com:7443"};
+    reg.addresses = addrs;
+    reg.n_addresses = 1;
+    reg.version = "0.1.0";
+    call("/ztm.v1.Hubs/Register", &a.id, &reg.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_PERMISSION_DENIED); /* an agent is not a hub */
+    ztm_api_reply_clear(&r);
+    call("/ztm.v1.Hubs/Register", &hub, &reg.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_OK);
+    Ztm__V1__RegisterHubResponse *rr = ztm__v1__register_hub_response__unpack(NULL, r.len, r.body);
+    CHECK(rr && rr->hub && strcmp(rr->hub->id, hub.id) == 0 && rr->ttl_seconds > 0);
+    ztm__v1__register_hub_response__free_unpacked(rr, NULL);
+    ztm_api_reply_clear(&r);
+    char *bad_addrs[] = {"nope"};
+    reg.addresses = bad_addrs;
+    call("/ztm.v1.Hubs/Register", &hub, &reg.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_INVALID_ARGUMENT);
+    ztm_api_reply_clear(&r);
+    call("/ztm.v1.Hubs/Heartbeat", &hub, &hb.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_OK);
+    ztm_api_reply_clear(&r);
+    Ztm__V1__ListHubsRequest lh = ZTM__V1__LIST_HUBS_REQUEST__INIT;
+    lh.online_only = 1;
+    call("/ztm.v1.Hubs/List", &a.id, &lh.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_OK);
+    Ztm__V1__ListHubsResponse *hl = ztm__v1__list_hubs_response__unpack(NULL, r.len, r.body);
+    CHECK(hl && hl->n_hubs == 1 && hl->hubs[0]->online && hl->hubs[0]->agents == 2 &&
+          hl->hubs[0]->sessions == 5);
+    ztm__v1__list_hubs_response__free_unpacked(hl, NULL);
+    ztm_api_reply_clear(&r);
+
+    /* a hub's renewal keeps its DNS and IP names */
+    Ztm__V1__RenewRequest rreq = ZTM__V1__RENEW_REQUEST__INIT;
+    rreq.csr_pem = make_csr("hub1");
+    call("/ztm.v1.Mesh/Renew", &hub, &rreq.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_OK);
+    Ztm__V1__RenewResponse *rn = ztm__v1__renew_response__unpack(NULL, r.len, r.body);
+    X509 *x = NULL;
+    REQUIRE(rn && ztm_cert_from_pem(rn->certificate_pem, strlen(rn->certificate_pem), &x) == 0);
+    CHECK(X509_check_host(x, "hub.example.com", 15, 0, NULL) == 1);
+    CHECK(X509_check_ip_asc(x, "127.0.0.1", 0) == 1);
+    X509_free(x);
+    ztm__v1__renew_response__free_unpacked(rn, NULL);
+    ztm_api_reply_clear(&r);
+    free(rreq.csr_pem);
+
+    /* Publish: own endpoint; admins for anyone; hubs export nothing */
+    Ztm__V1__Service *svc = publish(&a.id, "web", 2, NULL, ZTM_GRPC_OK);
+    CHECK(svc && svc->n_exporters == 1 && svc->exporters[0]->weight == 2 &&
+          svc->protocol == ZTM__V1__PROTOCOL__PROTOCOL_TCP);
+    ztm__v1__service__free_unpacked(svc, NULL);
+    svc = publish(&b.id, "web", 0, NULL, ZTM_GRPC_OK);
+    CHECK(svc && svc->n_exporters == 2 && svc->exporters[1]->weight == 1);
+    ztm__v1__service__free_unpacked(svc, NULL);
+    svc = publish(&a.id, "web", 3, NULL, ZTM_GRPC_OK); /* again: updated, not added */
+    CHECK(svc && svc->n_exporters == 2 && svc->exporters[0]->weight == 3);
+    ztm__v1__service__free_unpacked(svc, NULL);
+    publish(&a.id, "web", 1, b.id.id, ZTM_GRPC_PERMISSION_DENIED);
+    svc = publish(&admin.id, "db", 1, b.id.id, ZTM_GRPC_OK);
+    CHECK(svc && strcmp(svc->exporters[0]->endpoint_id, b.id.id) == 0);
+    ztm__v1__service__free_unpacked(svc, NULL);
+    publish(&hub, "web", 1, NULL, ZTM_GRPC_PERMISSION_DENIED);
+    publish(&a.id, "Bad Name", 1, NULL, ZTM_GRPC_INVALID_ARGUMENT);
+    publish(NULL, "web", 1, NULL, ZTM_GRPC_UNAUTHENTICATED);
+    CHECK_INT(count_services(&a.id, 0), 2);
+    CHECK_INT(count_services(&a.id, ZTM__V1__PROTOCOL__PROTOCOL_UDP), 0);
+
+    /* SetPolicy */
+    Ztm__V1__SetPolicyRequest sp = ZTM__V1__SET_POLICY_REQUEST__INIT;
+    Ztm__V1__Policy pol = ZTM__V1__POLICY__INIT;
+    Ztm__V1__Role roles[] = {ZTM__V1__ROLE__ROLE_AGENT};
+    pol.roles = roles;
+    pol.n_roles = 1;
+    sp.name = "web";
+    sp.policy = &pol;
+    sp.lb_policy = ZTM__V1__LB_POLICY__LB_POLICY_LEAST_CONNECTIONS;
+    call("/ztm.v1.Services/SetPolicy", &a.id, &sp.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_PERMISSION_DENIED); /* service-wide: admins only */
+    ztm_api_reply_clear(&r);
+    call("/ztm.v1.Services/SetPolicy", &admin.id, &sp.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_OK);
+    Ztm__V1__SetPolicyResponse *spr = ztm__v1__set_policy_response__unpack(NULL, r.len, r.body);
+    CHECK(spr && spr->service->lb_policy == ZTM__V1__LB_POLICY__LB_POLICY_LEAST_CONNECTIONS &&
+          spr->service->policy && spr->service->policy->n_roles == 1);
+    ztm__v1__set_policy_response__free_unpacked(spr, NULL);
+    ztm_api_reply_clear(&r);
+    sp.lb_policy = 0;
+    sp.endpoint_id = a.id.id;
+    call("/ztm.v1.Services/SetPolicy", &a.id, &sp.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_OK); /* its own export */
+    ztm_api_reply_clear(&r);
+    sp.endpoint_id = b.id.id;
+    call("/ztm.v1.Services/SetPolicy", &a.id, &sp.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_PERMISSION_DENIED);
+    ztm_api_reply_clear(&r);
+    sp.name = "nosuch";
+    call("/ztm.v1.Services/SetPolicy", &admin.id, &sp.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_NOT_FOUND);
+    ztm_api_reply_clear(&r);
+    Ztm__V1__Policy bad_pol = ZTM__V1__POLICY__INIT;
+    char *bad_ids[] = {"NOT-AN-ID"};
+    bad_pol.endpoint_ids = bad_ids;
+    bad_pol.n_endpoint_ids = 1;
+    sp.name = "web";
+    sp.policy = &bad_pol;
+    call("/ztm.v1.Services/SetPolicy", &admin.id, &sp.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_INVALID_ARGUMENT);
+    ztm_api_reply_clear(&r);
+
+    /* Unpublish: the last exporter gone, the service goes */
+    Ztm__V1__UnpublishRequest up = ZTM__V1__UNPUBLISH_REQUEST__INIT;
+    up.name = "web";
+    call("/ztm.v1.Services/Unpublish", &a.id, &up.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_OK);
+    ztm_api_reply_clear(&r);
+    call("/ztm.v1.Services/Unpublish", &a.id, &up.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_NOT_FOUND);
+    ztm_api_reply_clear(&r);
+    up.endpoint_id = b.id.id;
+    call("/ztm.v1.Services/Unpublish", &a.id, &up.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_PERMISSION_DENIED);
+    ztm_api_reply_clear(&r);
+    call("/ztm.v1.Services/Unpublish", &b.id, &up.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_OK);
+    ztm_api_reply_clear(&r);
+    CHECK_INT(count_services(&a.id, 0), 1);
+
+    /* what a watcher of services saw, in order */
+    ztm_api_watch_t *w = subscribe_on(api, &b.id, v_start, ZTM__V1__TOPIC__TOPIC_SERVICES, &r);
+    REQUIRE(w);
+    seen_t seen = {0};
+    int n = drain(w, &seen);
+    CHECK_INT(n, 8); /* web x3, db, policy x2, web -a, web deleted */
+    CHECK(seen.ev[n - 1]->type == ZTM__V1__WATCH_EVENT__TYPE__TYPE_DELETE);
+    CHECK_STR(seen.ev[n - 1]->service->name, "web");
+    for (int i = 1; i < n; i++)
+        CHECK(seen.ev[i]->version > seen.ev[i - 1]->version);
+    seen_free(&seen);
+    ztm_api_watch_close(w);
+    w = subscribe_on(api, &b.id, v_start, ZTM__V1__TOPIC__TOPIC_HUBS, &r);
+    CHECK_INT(drain(w, &seen), 1); /* the registration */
+    CHECK(seen.ev[0]->hub && strcmp(seen.ev[0]->hub->id, hub.id) == 0);
+    seen_free(&seen);
+    ztm_api_watch_close(w);
+
+    free(admin.pem);
+    free(a.pem);
+    free(b.pem);
+}
+
 /* A store that keeps 4 events: a watcher further behind gets a snapshot. */
 static void test_watch_compacted(void)
 {
@@ -674,6 +895,7 @@ int main(void)
     test_setup_and_health();
     test_mesh();
     test_watch();
+    test_services_and_hubs();
     test_watch_compacted();
     ztm_api_free(api);
     ztm_ca_free(ca);
