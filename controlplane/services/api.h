@@ -122,6 +122,15 @@ int ztm_api_enroll(ztm_api_t *api, const char *name, ztm_role_t role, const char
                    const char *const *dns, size_t n_dns, const char *const *ips, size_t n_ips,
                    ztm_ca_issued_t *issued, char endpoint_id[ZTM_ID_MAX + 1]);
 
+/* ---- upkeep -------------------------------------------------------------------------- */
+
+/* Drops what has expired: invites past their expiry, records of
+ * certificates past their notAfter, and revocations of such certificates
+ * (moot once the certificate has expired; watchers get a DELETE). Run now
+ * and then (hourly is plenty). Returns how many records went, or a store
+ * error. */
+int ztm_api_sweep(ztm_api_t *api);
+
 /* ---- what other parts of the control plane write ----------------------------------- */
 
 /* Appends to the change feed the event that ENDPOINT_ID was put (its current

@@ -738,3 +738,76 @@ void mesh_get_endpoint(ztm_api_t *api, arena_t *a, const ztm_identity_t *caller,
     }
     api_ok(reply, &ep->base);
 }
+
+/* ---- upkeep --------------------------------------------------------------------------- */
+
+typedef struct {
+    arena_t *a;
+    int64_t now;
+    const ProtobufCMessageDescriptor *desc;
+    char **keys;
+    size_t n, cap;
+} expired_t;
+
+static int on_maybe_expired(void *arg, const char *key, const void *value, size_t len)
+{
+    expired_t *x = arg;
+    ProtobufCMessage *m = arena_unpack(x->a, x->desc, value, len);
+    int64_t not_after = 0;
+    if (m && x->desc == &ztm__v1__issued_certificate__descriptor)
+        not_after = ((Ztm__V1__IssuedCertificate *)m)->not_after;
+    else if (m)
+        not_after = ((Ztm__V1__Revocation *)m)->not_after;
+    if (m && not_after > x->now)
+        return 0; /* an undecodable record goes too: nothing can use it */
+    if (x->n == x->cap) {
+        size_t cap = x->cap ? x->cap * 2 : 64;
+        char **k = arena_alloc(x->a, cap * sizeof(*k));
+        if (x->n)
+            memcpy(k, x->keys, x->n * sizeof(*k));
+        x->keys = k;
+        x->cap = cap;
+    }
+    x->keys[x->n++] = arena_strdup(x->a, key);
+    return 0;
+}
+
+int ztm_api_sweep(ztm_api_t *api)
+{
+    arena_t a;
+    arena_init(&a);
+    int64_t now = api_now(api);
+    expired_t certs = {.a = &a, .now = now, .desc = &ztm__v1__issued_certificate__descriptor};
+    expired_t revs = {.a = &a, .now = now, .desc = &ztm__v1__revocation__descriptor};
+    int r = ztm_store_list(api->store, ZTM_STORE_SERIAL, NULL, NULL, 0, on_maybe_expired, &certs);
+    if (r == 0)
+        r = ztm_store_list(api->store, ZTM_STORE_REVOCATION, NULL, NULL, 0, on_maybe_expired, &revs);
+    size_t n = certs.n + revs.n;
+    if (r == 0 && n) {
+        ztm_store_op_t *ops = arena_alloc(&a, n * sizeof(*ops));
+        ztm_store_event_t *evs = arena_alloc(&a, (revs.n ? revs.n : 1) * sizeof(*evs));
+        for (size_t i = 0; i < certs.n; i++)
+            ops[i] = (ztm_store_op_t){.type = ZTM_STORE_DEL, .kind = ZTM_STORE_SERIAL,
+                                      .key = certs.keys[i]};
+        for (size_t i = 0; i < revs.n; i++) {
+            ops[certs.n + i] = (ztm_store_op_t){.type = ZTM_STORE_DEL,
+                                                .kind = ZTM_STORE_REVOCATION, .key = revs.keys[i]};
+            Ztm__V1__Revocation *k = arena_alloc(&a, sizeof(*k));
+            ztm__v1__revocation__init(k);
+            k->serial = revs.keys[i];
+            api_event(&a, &evs[i], ZTM__V1__WATCH_EVENT__TYPE__TYPE_DELETE,
+                      ZTM__V1__TOPIC__TOPIC_REVOCATIONS, ZTM__V1__WATCH_EVENT__OBJECT_REVOCATION, k);
+        }
+        r = ztm_store_commit(api->store, ops, n, evs, revs.n, NULL);
+    }
+    arena_free(&a);
+    if (r < 0)
+        return r;
+    int inv = ztm_invite_sweep(api->store, now);
+    if (inv < 0)
+        return inv;
+    if (n || inv)
+        ztm_log(ZTM_LOG_INFO, "store.swept", "certificates=%zu revocations=%zu invites=%d",
+                certs.n, revs.n, inv);
+    return (int)n + inv;
+}

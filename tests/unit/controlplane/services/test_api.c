@@ -885,6 +885,50 @@ static void test_watch_compacted(void)
     ztm_store_close(st2);
 }
 
+typedef struct {
+    int n;
+} collect_none_t;
+
+static int count_records(void *arg, const char *key, const void *value, size_t len)
+{
+    ((collect_none_t *)arg)->n++;
+    return 0;
+}
+
+/* Last: far in the future, everything issued so far has expired. */
+static void test_sweep(void)
+{
+    uint64_t v = ztm_store_version(st);
+    CHECK(ztm_api_sweep(api) >= 1); /* the invites that expired as the clock moved */
+    CHECK_INT(ztm_api_sweep(api), 0);
+    now += 40 * 86400;
+    int n = ztm_api_sweep(api);
+    CHECK(n > 20);
+    CHECK_INT(ztm_api_sweep(api), 0);
+    void *p;
+    size_t len;
+    collect_none_t none = {0};
+    CHECK_INT(ztm_store_list(st, ZTM_STORE_SERIAL, NULL, NULL, 0, count_records, &none), 0);
+    CHECK_INT(none.n, 0);
+    CHECK_INT(ztm_store_list(st, ZTM_STORE_INVITE, NULL, NULL, 0, count_records, &none), 0);
+    CHECK_INT(none.n, 0);
+    /* the revocations left with DELETE events */
+    cred_t admin = enroll_admin("sweeper");
+    ztm_api_reply_t r;
+    ztm_api_watch_t *w = subscribe_on(api, &admin.id, v, ZTM__V1__TOPIC__TOPIC_REVOCATIONS, &r);
+    REQUIRE(w);
+    seen_t seen = {0};
+    int got = drain(w, &seen);
+    CHECK(got >= 4);
+    for (int i = 0; i < seen.n; i++)
+        CHECK(seen.ev[i]->type == ZTM__V1__WATCH_EVENT__TYPE__TYPE_DELETE && seen.ev[i]->revocation &&
+              seen.ev[i]->revocation->serial[0]);
+    seen_free(&seen);
+    ztm_api_watch_close(w);
+    CHECK_INT(ztm_store_get(st, ZTM_STORE_REVOCATION, "00", &p, &len), -ENOENT);
+    free(admin.pem);
+}
+
 int main(void)
 {
     REQUIRE(mkdtemp(top));
@@ -897,6 +941,7 @@ int main(void)
     test_watch();
     test_services_and_hubs();
     test_watch_compacted();
+    test_sweep();
     ztm_api_free(api);
     ztm_ca_free(ca);
     ztm_store_close(st);
