@@ -185,10 +185,6 @@ void mesh_invite(ztm_api_t *api, arena_t *a, const ztm_identity_t *caller,
 
 /* ---- Join ---------------------------------------------------------------------------- */
 
-/* The hubs a joiner is told about: the registered ones, else its token's. */
-static void join_hubs(ztm_api_t *api, arena_t *a, const ztm_token_t *tok,
-                      Ztm__V1__JoinResponse *resp);
-
 typedef struct {
     arena_t *a;
     Ztm__V1__Hub **hubs;
@@ -205,6 +201,7 @@ static int on_hub(void *arg, const char *key, const void *value, size_t len)
     return 0;
 }
 
+/* The hubs a joiner is told about: the registered ones, else its token's. */
 static void join_hubs(ztm_api_t *api, arena_t *a, const ztm_token_t *tok,
                       Ztm__V1__JoinResponse *resp)
 {

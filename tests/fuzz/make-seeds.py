@@ -75,6 +75,19 @@ put("proto", "unknown-field", b"\x00" + field(99, 0, 1) + field(1, 2, b"x"))
 put("proto", "nested-service", b"\x05" + field(1, 2, field(1, 2, b"web") + field(2, 0, 1) +
                                                  field(3, 2, field(1, 2, b"e1") + field(3, 0, 2))))
 
+# ---- API requests: method index, caller index, request ----
+put("api", "health-anon", b"\x0e\x03")
+put("api", "invite-admin", b"\x00\x00" + field(1, 2, b"laptop") + field(3, 0, 600))
+put("api", "list-agent", b"\x04\x01" + field(1, 0, 2))
+put("api", "get-agent", b"\x05\x01" + field(2, 2, b"admin"))
+put("api", "publish-agent", b"\x06\x01" + field(1, 2, b"web") + field(3, 0, 2))
+put("api", "setpolicy-admin", b"\x09\x00" + field(1, 2, b"web") + field(5, 0, 2))
+put("api", "register-hub", b"\x0a\x02" + field(1, 2, b"127.0.0.1:7443"))
+put("api", "hubs-list", b"\x0c\x01")
+put("api", "watch-admin", b"\x0d\x00")
+put("api", "revoke-admin", b"\x03\x00" + field(3, 2, b"agent"))
+put("api", "join-garbage", b"\x01\x03" + field(1, 2, b"ztm1.AAAA") + field(2, 2, b"x"))
+
 # ---- store file ----
 def crc32c(data):
     crc = 0xFFFFFFFF
