@@ -129,7 +129,8 @@ typedef struct {
  * agent is the TLS server of half its peer sessions, a hub of hub peering).
  * DNS/IP SANs only for hubs (ZTM_CA_E_ROLE otherwise). The lifetime never
  * runs past the CA's own expiry. Returns 0, ZTM_CA_E_BAD_NAME,
- * ZTM_CA_E_ROLE or ZTM_CA_E_CRYPTO. */
+ * ZTM_CA_E_ROLE, ZTM_CA_E_VERIFY (the CA itself has expired) or
+ * ZTM_CA_E_CRYPTO. */
 int ztm_ca_issue(ztm_ca_t *ca, const ztm_csr_t *csr, const ztm_ca_leaf_t *leaf,
                  ztm_ca_issued_t *out);
 

@@ -39,6 +39,23 @@ static int pack(const ProtobufCMessage *m, uint8_t **out, size_t *len)
     return 0;
 }
 
+bool ztm_invite_label_valid(const char *key, const char *value)
+{
+    size_t k = strlen(key), v = strlen(value);
+    if (k == 0 || k > 63 || v > 255)
+        return false;
+    for (size_t i = 0; i < k; i++) {
+        char c = key[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '/' || c == '-'))
+            return false;
+    }
+    for (size_t i = 0; i < v; i++)
+        if (value[i] < 0x20 || value[i] > 0x7e)
+            return false;
+    return true;
+}
+
 int ztm_invite_create(ztm_store_t *store, const ztm_ca_t *ca, const ztm_invite_params_t *p,
                       char **token, size_t *len, int64_t *expires)
 {
@@ -46,8 +63,12 @@ int ztm_invite_create(ztm_store_t *store, const ztm_ca_t *ca, const ztm_invite_p
     int64_t ttl = p->ttl ? p->ttl : ZTM_INVITE_DEFAULT_TTL;
     ztm_role_t role = p->role ? p->role : ZTM_ROLE_AGENT;
     if (!p->name || !ztm_name_valid(p->name) || !ztm_role_name(role) || ttl < 0 ||
-        ttl > ZTM_INVITE_MAX_TTL || p->n_hubs == 0 || p->n_hubs > ZTM_TOKEN_MAX_HUBS)
+        ttl > ZTM_INVITE_MAX_TTL || p->n_hubs == 0 || p->n_hubs > ZTM_TOKEN_MAX_HUBS ||
+        p->n_labels > ZTM_INVITE_MAX_LABELS)
         return ZTM_TOKEN_E_FIELD;
+    for (size_t i = 0; i < p->n_labels; i++)
+        if (!ztm_invite_label_valid(p->label_keys[i], p->label_values[i]))
+            return ZTM_TOKEN_E_FIELD;
 
     ztm_token_t t;
     memset(&t, 0, sizeof(t));
@@ -81,6 +102,16 @@ int ztm_invite_create(ztm_store_t *store, const ztm_ca_t *ca, const ztm_invite_p
     r.created_time = now;
     r.expires_time = t.expires;
     r.created_by = (char *)(p->created_by ? p->created_by : "");
+    Ztm__V1__InviteRecord__LabelsEntry entries[ZTM_INVITE_MAX_LABELS];
+    Ztm__V1__InviteRecord__LabelsEntry *labels[ZTM_INVITE_MAX_LABELS];
+    for (size_t i = 0; i < p->n_labels; i++) {
+        ztm__v1__invite_record__labels_entry__init(&entries[i]);
+        entries[i].key = (char *)p->label_keys[i];
+        entries[i].value = (char *)p->label_values[i];
+        labels[i] = &entries[i];
+    }
+    r.labels = labels;
+    r.n_labels = p->n_labels;
     if ((ret = pack(&r.base, &rec, &rec_len)) < 0)
         goto out;
     ztm_store_op_t op = {.type = ZTM_STORE_PUT, .kind = ZTM_STORE_INVITE, .key = key,

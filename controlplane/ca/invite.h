@@ -22,6 +22,12 @@
 #define ZTM_INVITE_DEFAULT_TTL 3600      /* seconds */
 #define ZTM_INVITE_MAX_TTL (30 * 86400)  /* a month */
 
+#define ZTM_INVITE_MAX_LABELS 32
+
+/* A label key is 1-63 of [A-Za-z0-9._/-]; a value at most 255 printable
+ * ASCII characters. */
+bool ztm_invite_label_valid(const char *key, const char *value);
+
 typedef struct {
     const char *name;   /* endpoint name of the invitee */
     ztm_role_t role;    /* ZTM_ROLE_NONE: agent */
@@ -29,12 +35,17 @@ typedef struct {
     const char *const *hubs; /* "host:port", 1..ZTM_TOKEN_MAX_HUBS */
     size_t n_hubs;
     const char *created_by; /* admin endpoint ID, for the record (may be NULL) */
+    /* Labels the endpoint gets at Join (ztm_invite_label_valid), at most
+     * ZTM_INVITE_MAX_LABELS. */
+    const char *const *label_keys;
+    const char *const *label_values;
+    size_t n_labels;
     int64_t now;            /* 0: the current time */
 } ztm_invite_params_t;
 
 /* Creates an invite for CA's mesh. *TOKEN receives the token text (free it
  * with ztm_file_free_secret(token, len): it holds the secret), *EXPIRES
- * its expiry. Returns 0, ZTM_TOKEN_E_FIELD (bad name, role, hub or TTL),
+ * its expiry. Returns 0, ZTM_TOKEN_E_FIELD (bad name, role, hub, label or TTL),
  * or a store error. */
 int ztm_invite_create(ztm_store_t *store, const ztm_ca_t *ca, const ztm_invite_params_t *p,
                       char **token, size_t *len, int64_t *expires);

@@ -158,9 +158,27 @@ void mesh_invite(ztm_api_t *api, arena_t *a, const ztm_identity_t *caller,
         }
     }
 
+    if (req->n_labels > ZTM_INVITE_MAX_LABELS) {
+        api_fail(reply, ZTM_GRPC_INVALID_ARGUMENT, "at most %d labels", ZTM_INVITE_MAX_LABELS);
+        return;
+    }
+    const char **keys = arena_alloc(a, (req->n_labels + 1) * sizeof(char *));
+    const char **values = arena_alloc(a, (req->n_labels + 1) * sizeof(char *));
+    for (size_t i = 0; i < req->n_labels; i++) {
+        keys[i] = req->labels[i]->key;
+        values[i] = req->labels[i]->value;
+        if (!ztm_invite_label_valid(keys[i], values[i])) {
+            api_fail(reply, ZTM_GRPC_INVALID_ARGUMENT,
+                     "invalid label \"%.64s\": keys are 1-63 of [A-Za-z0-9._/-], values "
+                     "printable, at most 255",
+                     keys[i]);
+            return;
+        }
+    }
     ztm_invite_params_t p = {.name = req->name, .role = role, .ttl = req->ttl_seconds,
                              .hubs = hubs, .n_hubs = n_hubs, .created_by = caller->id,
-                             .now = api_now(api)};
+                             .label_keys = keys, .label_values = values,
+                             .n_labels = req->n_labels, .now = api_now(api)};
     char *token;
     size_t token_len;
     int64_t expires;
@@ -231,8 +249,9 @@ static void join_hubs(ztm_api_t *api, arena_t *a, const ztm_token_t *tok,
 static int create_endpoint(ztm_api_t *api, arena_t *a, const char *name, ztm_role_t role,
                            const ztm_csr_t *csr, const char *const *dns, size_t n_dns,
                            const char *const *ips, size_t n_ips, const ztm_store_op_t *extra,
-                           const char *agent_version, Ztm__V1__Endpoint *ep,
-                           ztm_ca_issued_t *cert, const char *id)
+                           const char *agent_version, Ztm__V1__Endpoint__LabelsEntry **labels,
+                           size_t n_labels, Ztm__V1__Endpoint *ep, ztm_ca_issued_t *cert,
+                           const char *id)
 {
     int64_t now = api_now(api);
     char holder[ZTM_ID_MAX + 1] = "";
@@ -258,6 +277,8 @@ static int create_endpoint(ztm_api_t *api, arena_t *a, const char *name, ztm_rol
     ep->cert_not_after = cert->not_after;
     ep->joined_time = now;
     ep->agent_version = clean_text(a, agent_version ? agent_version : "");
+    ep->labels = labels;
+    ep->n_labels = n_labels;
     Ztm__V1__IssuedCertificate ic = ZTM__V1__ISSUED_CERTIFICATE__INIT;
     ic.serial = cert->serial;
     ic.endpoint_id = ep->id;
@@ -311,8 +332,8 @@ int ztm_api_enroll(ztm_api_t *api, const char *name, ztm_role_t role, const char
     char id[33];
     ztm_id_generate(id);
     memset(issued, 0, sizeof(*issued));
-    r = create_endpoint(api, &a, name, role, csr, dns, n_dns, ips, n_ips, NULL, ZTM_VERSION, &ep,
-                        issued, id);
+    r = create_endpoint(api, &a, name, role, csr, dns, n_dns, ips, n_ips, NULL, ZTM_VERSION, NULL,
+                        0, &ep, issued, id);
     if (r == 0) {
         strcpy(endpoint_id, id);
         ztm_log(ZTM_LOG_INFO, "endpoint.enrolled", "id=%s name=%s role=%s serial=%s", id, name,
@@ -362,8 +383,19 @@ void mesh_join(ztm_api_t *api, arena_t *a, const ztm_identity_t *caller,
         api_store_fail(reply, r, "invite");
         goto out;
     }
+    /* the labels the invite was made with */
+    Ztm__V1__InviteRecord *rec =
+        arena_unpack(a, &ztm__v1__invite_record__descriptor, inv.record, inv.record_len);
+    size_t n_labels = rec ? rec->n_labels : 0;
+    Ztm__V1__Endpoint__LabelsEntry **labels = arena_alloc(a, (n_labels + 1) * sizeof(*labels));
+    for (size_t i = 0; i < n_labels; i++) {
+        labels[i] = arena_alloc(a, sizeof(**labels));
+        ztm__v1__endpoint__labels_entry__init(labels[i]);
+        labels[i]->key = rec->labels[i]->key;
+        labels[i]->value = rec->labels[i]->value;
+    }
     r = create_endpoint(api, a, inv.name, inv.role, csr, NULL, 0, NULL, 0, &use,
-                        req->agent_version, &ep, &cert, id);
+                        req->agent_version, labels, n_labels, &ep, &cert, id);
     if (r == -EEXIST) {
         api_fail(reply, ZTM_GRPC_ALREADY_EXISTS, "endpoint name %s is taken", inv.name);
         goto out;

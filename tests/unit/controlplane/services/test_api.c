@@ -270,11 +270,39 @@ static void test_mesh(void)
     free(csr);
     free(token);
 
+    /* labels given at Invite are the endpoint's; bad ones are refused */
+    Ztm__V1__InviteRequest__LabelsEntry le = ZTM__V1__INVITE_REQUEST__LABELS_ENTRY__INIT;
+    Ztm__V1__InviteRequest__LabelsEntry *lp[1] = {&le};
+    le.key = "site";
+    le.value = "home";
+    ireq.name = "desk";
+    ireq.hubs = NULL;
+    ireq.n_hubs = 0;
+    ireq.labels = lp;
+    ireq.n_labels = 1;
+    call("/ztm.v1.Mesh/Invite", &admin.id, &ireq.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_OK);
+    Ztm__V1__InviteResponse *ir = ztm__v1__invite_response__unpack(NULL, r.len, r.body);
+    REQUIRE(ir);
+    token = strdup(ir->token);
+    ztm__v1__invite_response__free_unpacked(ir, NULL);
+    ztm_api_reply_clear(&r);
+    le.key = "bad key";
+    ireq.name = "desk2";
+    call("/ztm.v1.Mesh/Invite", &admin.id, &ireq.base, &r);
+    CHECK_STATUS(r, ZTM_GRPC_INVALID_ARGUMENT);
+    ztm_api_reply_clear(&r);
+    ireq.labels = NULL;
+    ireq.n_labels = 0;
+
     /* a CSR without a CN is fine: the CA names it */
-    token = invite(&admin, "desk", 0, 0);
     csr = make_csr(NULL);
     join_raw(token, csr, &r);
     CHECK_STATUS(r, ZTM_GRPC_OK);
+    Ztm__V1__JoinResponse *jr = ztm__v1__join_response__unpack(NULL, r.len, r.body);
+    CHECK(jr && jr->endpoint->n_labels == 1 && strcmp(jr->endpoint->labels[0]->key, "site") == 0 &&
+          strcmp(jr->endpoint->labels[0]->value, "home") == 0);
+    ztm__v1__join_response__free_unpacked(jr, NULL);
     ztm_api_reply_clear(&r);
     free(csr);
     free(token);
@@ -360,6 +388,19 @@ static void test_mesh(void)
     ztm__v1__list_endpoints_response__free_unpacked(lr, NULL);
     ztm_api_reply_clear(&r);
     lreq.online_only = 0;
+    Ztm__V1__ListEndpointsRequest__LabelsEntry fl = ZTM__V1__LIST_ENDPOINTS_REQUEST__LABELS_ENTRY__INIT;
+    Ztm__V1__ListEndpointsRequest__LabelsEntry *flp[1] = {&fl};
+    fl.key = "site";
+    fl.value = "home";
+    lreq.labels = flp;
+    lreq.n_labels = 1;
+    call("/ztm.v1.Mesh/ListEndpoints", &laptop.id, &lreq.base, &r);
+    lr = ztm__v1__list_endpoints_response__unpack(NULL, r.len, r.body);
+    CHECK(lr && lr->n_endpoints == 1 && strcmp(lr->endpoints[0]->name, "desk") == 0);
+    ztm__v1__list_endpoints_response__free_unpacked(lr, NULL);
+    ztm_api_reply_clear(&r);
+    lreq.labels = NULL;
+    lreq.n_labels = 0;
     lreq.role = ZTM__V1__ROLE__ROLE_ADMIN;
     call("/ztm.v1.Mesh/ListEndpoints", &laptop.id, &lreq.base, &r);
     lr = ztm__v1__list_endpoints_response__unpack(NULL, r.len, r.body);
