@@ -625,7 +625,7 @@ static int emb_commit(ztm_store_t *s, const ztm_store_op_t *ops, size_t n_ops,
         e->evs = v;
         e->cap_evs = cap;
     }
-    undo_t *u = e->undo + mark;
+    undo_t *u = e->undo ? e->undo + mark : NULL; /* NULL: no ops so far, and none here */
     for (size_t i = 0; i < n_ops; i++) {
         u[i].old = NULL;
         u[i].new = NULL;
