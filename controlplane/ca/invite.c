@@ -15,16 +15,12 @@ static int64_t now_or(int64_t now)
     return now ? now : (int64_t)time(NULL);
 }
 
+/* The record's key: the hex SHA-256 of the secret. */
 static void hash_key(const uint8_t secret[ZTM_TOKEN_SECRET_LEN], char out[65])
 {
-    static const char hex[] = "0123456789abcdef";
     uint8_t h[32];
     ztm_token_secret_hash(secret, h);
-    for (int i = 0; i < 32; i++) {
-        out[2 * i] = hex[h[i] >> 4];
-        out[2 * i + 1] = hex[h[i] & 15];
-    }
-    out[64] = 0;
+    ztm_pin_to_hex(h, out);
 }
 
 static int pack(const ProtobufCMessage *m, uint8_t **out, size_t *len)
