@@ -20,5 +20,6 @@ int ztm_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((fo
 
 int ztm_cmd_relay(int argc, char **argv);
 int ztm_cmd_h2test(int argc, char **argv);
+int ztm_cmd_controller(int argc, char **argv);
 
 #endif

@@ -9,6 +9,7 @@ static int cmd_version(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 static const ztm_cli_command_t commands[] = {
+    {"controller", ztm_cmd_controller, "run the control plane alone (CA, invites, registry, API)", 0},
     {"relay", ztm_cmd_relay, "forward a TCP port to another address (L4 relay)", 0},
     {"h2-test", ztm_cmd_h2test, "HTTP/2 test service and client (tests, benchmarks)", 1},
     {"version", cmd_version, "print the version", 0},

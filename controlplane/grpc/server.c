@@ -1,0 +1,564 @@
+/* The control API over gRPC's wire format; see server.h.
+ *
+ * One call is one HTTP/2 stream. A unary call is answered when its request
+ * has arrived whole (exactly one message): HEADERS, one length-prefixed
+ * DATA message, then trailers; an error found before that is a trailers-
+ * only answer. A Watch call answers HEADERS, then pulls one event at a
+ * time from the API's cursor into the stream as the peer's window allows
+ * (nothing queues beyond one message per stream), parks when caught up,
+ * and is resumed when the store says events were appended. */
+#include "controlplane/grpc/server.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "controlplane/ca/identity.h"
+#include "controlplane/grpc/frame.h"
+#include "dataplane/h2/h2.h"
+#include "dataplane/link/link.h"
+#include "dataplane/runtime/log.h"
+
+typedef struct gconn gconn_t;
+typedef struct gcall gcall_t;
+
+struct ztm_grpc_server {
+    ztm_worker_t *w;
+    ztm_api_t *api;
+    ztm_store_t *store;
+    ztm_store_sub_t *sub;
+    uint32_t max_message;
+    gconn_t *conns;
+    unsigned n_conns;
+    gcall_t *watches; /* calls streaming Watch events */
+    bool draining;
+};
+
+struct gconn {
+    ztm_grpc_server_t *srv;
+    ztm_link_t *link;
+    ztm_h2_session_t *h2;
+    ztm_identity_t identity;
+    bool has_identity;
+    gconn_t *prev, *next;
+};
+
+struct gcall {
+    gconn_t *c;
+    int32_t id;
+    const ztm_api_method_t *m;
+    ztm_grpc_decoder_t dec;
+    uint8_t *req;
+    size_t req_len;
+    unsigned n_msgs;
+    bool answered;     /* response head submitted */
+    bool request_done; /* END_STREAM received */
+    bool finished;     /* the body is complete: eof on the next pull */
+    ztm_timer_t deadline;
+    uint8_t *out; /* one framed response message */
+    size_t out_len, out_off;
+    ztm_api_watch_t *watch;
+    gcall_t *wprev, *wnext;
+};
+
+static const ztm_h2_header_t CT = {"content-type", 12, "application/grpc", 16};
+
+/* ---- answering -------------------------------------------------------- */
+static void conn_kick(gconn_t *c)
+{
+    if (c->h2 && ztm_h2_want_write(c->h2))
+        ztm_link_want_write(c->link);
+}
+
+static size_t status_headers(ztm_h2_header_t *h, char *code, char *msg, size_t msg_cap,
+                             ztm_grpc_status_t st, const char *message)
+{
+    snprintf(code, 4, "%d", (int)st);
+    size_t n = 0;
+    h[n++] = (ztm_h2_header_t){"grpc-status", 11, code, strlen(code)};
+    if (message && *message) {
+        size_t need = ztm_grpc_message_encode(message, strlen(message), msg, msg_cap);
+        h[n++] = (ztm_h2_header_t){"grpc-message", 12, msg, need < msg_cap ? need : msg_cap - 1};
+    }
+    return n;
+}
+
+/* Trailers-only: the whole answer in one HEADERS frame with END_STREAM. */
+static void answer_status(gcall_t *call, ztm_grpc_status_t st, const char *message)
+{
+    if (call->answered)
+        return;
+    call->answered = true;
+    char code[4], msg[768];
+    ztm_h2_header_t h[3];
+    h[0] = CT;
+    size_t n = 1 + status_headers(h + 1, code, msg, sizeof(msg), st, message);
+    ztm_h2_respond(call->c->h2, call->id, 200, h, n, 0);
+    if (st != ZTM_GRPC_OK)
+        ztm_log(ZTM_LOG_INFO, "grpc.call", "method=%s status=%s message=\"%s\"",
+                call->m ? ztm_api_path(call->m) : "-", ztm_grpc_status_name(st), message ? message : "");
+}
+
+/* Ends a stream that already has its head, with trailers. */
+static void finish_with(gcall_t *call, ztm_grpc_status_t st, const char *message)
+{
+    char code[4], msg[768];
+    ztm_h2_header_t h[2];
+    size_t n = status_headers(h, code, msg, sizeof(msg), st, message);
+    ztm_h2_trailers(call->c->h2, call->id, h, n);
+    call->finished = true;
+    ztm_h2_resume(call->c->h2, call->id);
+}
+
+static bool frame_message(gcall_t *call, const uint8_t *body, size_t len)
+{
+    free(call->out);
+    call->out = malloc(ZTM_GRPC_PREFIX_LEN + len);
+    if (!call->out)
+        return false;
+    ztm_grpc_prefix_encode(call->out, false, (uint32_t)len);
+    if (len)
+        memcpy(call->out + ZTM_GRPC_PREFIX_LEN, body, len);
+    call->out_len = ZTM_GRPC_PREFIX_LEN + len;
+    call->out_off = 0;
+    return true;
+}
+
+static void watch_unlink(gcall_t *call)
+{
+    ztm_grpc_server_t *s = call->c->srv;
+    if (!call->wprev && s->watches != call)
+        return;
+    if (call->wprev)
+        call->wprev->wnext = call->wnext;
+    else
+        s->watches = call->wnext;
+    if (call->wnext)
+        call->wnext->wprev = call->wprev;
+    call->wprev = call->wnext = NULL;
+}
+
+static void run_call(gcall_t *call)
+{
+    gconn_t *c = call->c;
+    ztm_grpc_server_t *s = c->srv;
+    const ztm_identity_t *caller = c->has_identity ? &c->identity : NULL;
+    ztm_api_reply_t reply = {0};
+    if (!ztm_api_streaming(call->m)) {
+        ztm_api_unary(s->api, call->m, caller, call->req, call->req_len, &reply);
+        if (reply.status != ZTM_GRPC_OK || !frame_message(call, reply.body, reply.len)) {
+            answer_status(call, reply.status != ZTM_GRPC_OK ? reply.status : ZTM_GRPC_RESOURCE_EXHAUSTED,
+                          reply.status != ZTM_GRPC_OK ? reply.message : "out of memory");
+            ztm_api_reply_clear(&reply);
+            return;
+        }
+        ztm_api_reply_clear(&reply);
+        call->answered = true;
+        char code[4], msg[8];
+        ztm_h2_header_t t[1];
+        size_t tn = status_headers(t, code, msg, sizeof(msg), ZTM_GRPC_OK, NULL);
+        ztm_h2_respond(c->h2, call->id, 200, &CT, 1, ZTM_H2_BODY | ZTM_H2_TRAILERS);
+        ztm_h2_trailers(c->h2, call->id, t, tn);
+        call->finished = true; /* the one message is all */
+        return;
+    }
+    call->watch = ztm_api_watch_open(s->api, call->m, caller, call->req, call->req_len, &reply);
+    if (!call->watch) {
+        answer_status(call, reply.status, reply.message);
+        ztm_api_reply_clear(&reply);
+        return;
+    }
+    ztm_api_reply_clear(&reply);
+    call->answered = true;
+    ztm_h2_respond(c->h2, call->id, 200, &CT, 1, ZTM_H2_BODY | ZTM_H2_TRAILERS);
+    call->wnext = s->watches;
+    if (s->watches)
+        s->watches->wprev = call;
+    s->watches = call;
+}
+
+/* ---- deadlines -------------------------------------------------------- */
+static void on_deadline(ztm_timer_t *t)
+{
+    gcall_t *call = (gcall_t *)((char *)t - offsetof(gcall_t, deadline));
+    gconn_t *c = call->c;
+    if (!call->answered) {
+        answer_status(call, ZTM_GRPC_DEADLINE_EXCEEDED, "deadline exceeded (grpc-timeout)");
+        if (!call->request_done)
+            ztm_h2_reset(c->h2, call->id, ZTM_H2_CANCEL);
+    } else if (!call->finished) {
+        watch_unlink(call);
+        finish_with(call, ZTM_GRPC_DEADLINE_EXCEEDED, "deadline exceeded (grpc-timeout)");
+    }
+    conn_kick(c);
+}
+
+/* ---- HTTP/2 callbacks ------------------------------------------------- */
+static const ztm_h2_header_t *find_header(const ztm_h2_msg_t *m, const char *name)
+{
+    size_t nl = strlen(name);
+    for (size_t i = 0; i < m->n_headers; i++)
+        if (m->headers[i].name_len == nl && memcmp(m->headers[i].name, name, nl) == 0)
+            return &m->headers[i];
+    return NULL;
+}
+
+static void on_request(ztm_h2_session_t *h, void *user, int32_t id, void *sdata,
+                       const ztm_h2_msg_t *req)
+{
+    gconn_t *c = user;
+    ztm_grpc_server_t *s = c->srv;
+    gcall_t *call = calloc(1, sizeof(*call));
+    if (!call) {
+        ztm_h2_reset(h, id, ZTM_H2_INTERNAL_ERROR);
+        return;
+    }
+    call->c = c;
+    call->id = id;
+    call->request_done = req->end_stream;
+    ztm_timer_init(&call->deadline, on_deadline);
+    ztm_h2_stream_set_data(h, id, call);
+
+    if (!req->method || strcmp(req->method, "POST") != 0) {
+        call->answered = true;
+        ztm_h2_header_t allow = {"allow", 5, "POST", 4};
+        ztm_h2_respond(h, id, 405, &allow, 1, 0);
+        return;
+    }
+    const ztm_h2_header_t *ct = find_header(req, "content-type");
+    if (!ct || !ztm_grpc_content_type_ok(ct->value, ct->value_len)) {
+        call->answered = true;
+        ztm_h2_respond(h, id, 415, NULL, 0, 0);
+        return;
+    }
+    const char *path = req->path ? req->path : "";
+    call->m = ztm_api_find(path, strlen(path));
+    if (!call->m) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "unknown method %.120s", path);
+        answer_status(call, ZTM_GRPC_UNIMPLEMENTED, msg);
+        return;
+    }
+    const ztm_h2_header_t *enc = find_header(req, "grpc-encoding");
+    bool identity_enc = !enc || (enc->value_len == 8 && memcmp(enc->value, "identity", 8) == 0);
+    ztm_grpc_decoder_init(&call->dec, s->max_message, false);
+    if (!identity_enc)
+        ztm_log(ZTM_LOG_DEBUG, "grpc.encoding", "encoding=\"%.*s\" msg=\"not supported\"",
+                (int)enc->value_len, enc->value);
+    const ztm_h2_header_t *to = find_header(req, "grpc-timeout");
+    if (to) {
+        uint64_t ns;
+        if (ztm_grpc_timeout_parse(to->value, to->value_len, &ns) < 0) {
+            answer_status(call, ZTM_GRPC_INVALID_ARGUMENT, "malformed grpc-timeout");
+            return;
+        }
+        uint64_t now = ztm_worker_now(s->w);
+        uint64_t at = ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
+        ztm_timer_arm(ztm_worker_timers(s->w), &call->deadline, at);
+    }
+}
+
+static void on_data(ztm_h2_session_t *h, void *user, int32_t id, void *sdata, const uint8_t *data,
+                    size_t len)
+{
+    gcall_t *call = sdata;
+    ztm_h2_consume(h, id, len); /* bounded by the message limit below */
+    if (!call || call->answered || !call->m)
+        return;
+    while (len) {
+        ztm_grpc_message_t msg;
+        bool ready;
+        ssize_t n = ztm_grpc_decoder_feed(&call->dec, data, len, &msg, &ready);
+        if (n < 0) {
+            answer_status(call, ztm_grpc_error_status((int)n), ztm_grpc_strerror((int)n));
+            return;
+        }
+        data += n;
+        len -= (size_t)n;
+        if (!ready)
+            continue;
+        if (++call->n_msgs > 1) {
+            answer_status(call, ZTM_GRPC_INVALID_ARGUMENT, "more than one request message");
+            return;
+        }
+        call->req = malloc(msg.len ? msg.len : 1);
+        if (!call->req) {
+            answer_status(call, ZTM_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+            return;
+        }
+        memcpy(call->req, msg.data, msg.len);
+        call->req_len = msg.len;
+    }
+}
+
+static void on_end_stream(ztm_h2_session_t *h, void *user, int32_t id, void *sdata)
+{
+    gcall_t *call = sdata;
+    if (!call)
+        return;
+    call->request_done = true;
+    if (call->answered || !call->m)
+        return;
+    int err = ztm_grpc_decoder_finish(&call->dec);
+    if (err < 0) {
+        answer_status(call, ztm_grpc_error_status(err), ztm_grpc_strerror(err));
+        return;
+    }
+    if (call->n_msgs != 1) {
+        answer_status(call, ZTM_GRPC_INVALID_ARGUMENT, "missing request message");
+        return;
+    }
+    run_call(call);
+}
+
+static ssize_t read_body(ztm_h2_session_t *h, void *user, int32_t id, void *sdata, uint8_t *dst,
+                         size_t max, bool *eof)
+{
+    gcall_t *call = sdata;
+    if (!call)
+        return -1;
+    for (;;) {
+        if (call->out_off < call->out_len) {
+            size_t n = call->out_len - call->out_off;
+            if (n > max)
+                n = max;
+            memcpy(dst, call->out + call->out_off, n);
+            call->out_off += n;
+            *eof = call->finished && call->out_off == call->out_len;
+            return (ssize_t)n;
+        }
+        if (call->finished || !call->watch) {
+            *eof = true;
+            return 0;
+        }
+        uint8_t *body = NULL;
+        size_t len = 0;
+        ztm_api_reply_t reply = {0};
+        int r = ztm_api_watch_next(call->watch, &body, &len, &reply);
+        if (r == 1) {
+            bool ok = frame_message(call, body, len);
+            free(body);
+            if (!ok) {
+                watch_unlink(call);
+                finish_with(call, ZTM_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+            }
+            continue;
+        }
+        if (r == 0)
+            return 0; /* caught up: parked until the store says more */
+        watch_unlink(call);
+        char code[4], msg[768];
+        ztm_h2_header_t t[2];
+        size_t tn = status_headers(t, code, msg, sizeof(msg), reply.status, reply.message);
+        ztm_h2_trailers(h, id, t, tn);
+        ztm_api_reply_clear(&reply);
+        call->finished = true;
+        *eof = true;
+        return 0;
+    }
+}
+
+static void on_stream_close(ztm_h2_session_t *h, void *user, int32_t id, void *sdata,
+                            uint32_t error_code)
+{
+    gcall_t *call = sdata;
+    if (!call)
+        return;
+    ztm_grpc_server_t *s = call->c->srv;
+    ztm_timer_cancel(ztm_worker_timers(s->w), &call->deadline);
+    watch_unlink(call);
+    if (call->watch)
+        ztm_api_watch_close(call->watch);
+    if (call->m)
+        ztm_grpc_decoder_free(&call->dec);
+    free(call->req);
+    free(call->out);
+    free(call);
+}
+
+static const ztm_h2_callbacks_t h2_cbs = {
+    .on_request = on_request,
+    .on_data = on_data,
+    .on_end_stream = on_end_stream,
+    .read_body = read_body,
+    .on_stream_close = on_stream_close,
+};
+
+/* ---- the link upper layer --------------------------------------------- */
+static uint64_t h2_clock(void *user)
+{
+    gconn_t *c = user;
+    return ztm_worker_now(c->srv->w);
+}
+
+static void after_h2(gconn_t *c, int r)
+{
+    if (r < 0 && r != ZTM_H2_E_CLOSED)
+        ztm_log(ZTM_LOG_WARN, "grpc.conn_error", "link=%llu error=%s",
+                (unsigned long long)ztm_link_id(c->link), ztm_h2_strerror(r));
+    conn_kick(c);
+    if ((r < 0 || ztm_h2_idle(c->h2)) && !ztm_h2_want_write(c->h2))
+        ztm_link_close(c->link, r < 0 && r != ZTM_H2_E_CLOSED ? "protocol error" : "done");
+}
+
+static int on_open(ztm_link_t *l, void *user)
+{
+    gconn_t *c = user;
+    ztm_tls_conn_t *tls = ztm_link_tls(l);
+    X509 *peer = tls ? ztm_tls_conn_peer_cert(tls) : NULL;
+    if (peer) {
+        int r = ztm_identity_from_cert(peer, &c->identity);
+        if (r < 0) {
+            /* Chained to our CA, yet not an identity we issue: refuse. */
+            ztm_log(ZTM_LOG_WARN, "grpc.identity_refused", "link=%llu error=\"%s\"",
+                    (unsigned long long)ztm_link_id(l), ztm_ca_strerror(r));
+            return -EACCES;
+        }
+        c->has_identity = true;
+    }
+    ztm_h2_config_t hc = {.conn_id = ztm_link_id(l), .clock = h2_clock};
+    int r = ztm_h2_new(&c->h2, ZTM_H2_SERVER, &h2_cbs, c, &hc);
+    if (r < 0)
+        return r;
+    if (c->srv->draining)
+        ztm_h2_shutdown(c->h2);
+    ztm_link_want_write(l);
+    return 0;
+}
+
+static int on_link_data(ztm_link_t *l, void *user, const uint8_t *data, size_t len)
+{
+    gconn_t *c = user;
+    after_h2(c, ztm_h2_feed(c->h2, data, len));
+    return 0;
+}
+
+static size_t produce(ztm_link_t *l, void *user, uint8_t *buf, size_t cap)
+{
+    gconn_t *c = user;
+    size_t n = 0;
+    if (!c->h2 || ztm_h2_flush(c->h2, buf, cap, &n) < 0)
+        return 0;
+    if (!ztm_h2_want_write(c->h2) && ztm_h2_idle(c->h2))
+        ztm_link_close(l, "done");
+    return n;
+}
+
+static void on_close(ztm_link_t *l, void *user, const char *reason)
+{
+    gconn_t *c = user;
+    ztm_grpc_server_t *s = c->srv;
+    ztm_h2_free(c->h2); /* on_stream_close frees each call */
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->n_conns--;
+    free(c);
+}
+
+static const ztm_link_upper_t upper = {
+    .on_open = on_open,
+    .on_data = on_link_data,
+    .produce = produce,
+    .on_close = on_close,
+};
+
+/* ---- the server ------------------------------------------------------- */
+static void on_store_notify(void *arg, uint64_t version)
+{
+    ztm_grpc_server_t *s = arg;
+    for (gcall_t *call = s->watches; call; call = call->wnext) {
+        ztm_h2_resume(call->c->h2, call->id);
+        conn_kick(call->c);
+    }
+}
+
+int ztm_grpc_server_new(ztm_worker_t *w, ztm_api_t *api, ztm_store_t *store,
+                        const ztm_grpc_server_config_t *cfg, ztm_grpc_server_t **out)
+{
+    ztm_grpc_server_t *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->w = w;
+    s->api = api;
+    s->store = store;
+    s->max_message = cfg && cfg->max_message ? cfg->max_message : ZTM_GRPC_DEFAULT_MAX_MESSAGE;
+    int r = ztm_store_subscribe(store, on_store_notify, s, &s->sub);
+    if (r < 0) {
+        free(s);
+        return r;
+    }
+    *out = s;
+    return 0;
+}
+
+void ztm_grpc_server_free(ztm_grpc_server_t *s)
+{
+    if (!s)
+        return;
+    ztm_store_unsubscribe(s->store, s->sub);
+    free(s);
+}
+
+int ztm_grpc_server_accept(ztm_grpc_server_t *s, int fd, ztm_tls_ctx_t *tls)
+{
+    gconn_t *c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        return -ENOMEM;
+    }
+    c->srv = s;
+    ztm_link_config_t lc = {.tls = tls};
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->n_conns++;
+    int r = ztm_link_accept(s->w, fd, &lc, &upper, c, &c->link);
+    if (r < 0) {
+        s->conns = c->next;
+        if (c->next)
+            c->next->prev = NULL;
+        s->n_conns--;
+        free(c);
+    }
+    return r;
+}
+
+void ztm_grpc_server_drain(ztm_grpc_server_t *s)
+{
+    s->draining = true;
+    gconn_t *next;
+    for (gconn_t *c = s->conns; c; c = next) {
+        next = c->next;
+        if (c->h2) {
+            ztm_h2_shutdown(c->h2);
+            /* Watch streams never end by themselves: end them now. */
+            for (gcall_t *call = s->watches; call; call = call->wnext)
+                if (call->c == c && !call->finished)
+                    finish_with(call, ZTM_GRPC_UNAVAILABLE, "server shutting down");
+            after_h2(c, 0);
+        } else {
+            ztm_link_close(c->link, "drain");
+        }
+    }
+}
+
+void ztm_grpc_server_stop(ztm_grpc_server_t *s)
+{
+    gconn_t *next;
+    for (gconn_t *c = s->conns; c; c = next) {
+        next = c->next;
+        ztm_link_abort(c->link, "stopped");
+    }
+}
+
+unsigned ztm_grpc_server_conns(const ztm_grpc_server_t *s)
+{
+    return s->n_conns;
+}
