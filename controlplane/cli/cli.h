@@ -21,5 +21,9 @@ int ztm_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((fo
 int ztm_cmd_relay(int argc, char **argv);
 int ztm_cmd_h2test(int argc, char **argv);
 int ztm_cmd_controller(int argc, char **argv);
+int ztm_cmd_invite(int argc, char **argv);
+int ztm_cmd_revoke(int argc, char **argv);
+int ztm_cmd_get(int argc, char **argv);
+int ztm_cmd_ca(int argc, char **argv);
 
 #endif

@@ -48,6 +48,7 @@ struct ztm_engine {
     int start_err;
     _Atomic unsigned alive;
     _Atomic unsigned drained; /* workers whose service has stopped accepting */
+    pthread_t runner;         /* the thread in ztm_engine_run, woken when the last worker ends */
 };
 
 /* ---- ops ------------------------------------------------------------- */
@@ -332,7 +333,8 @@ static void *worker_main(void *p)
     if (w->ring_ok)
         io_uring_queue_exit(&w->ring);
     ztm_timers_fini(&w->timers);
-    atomic_fetch_sub(&e->alive, 1);
+    if (atomic_fetch_sub(&e->alive, 1) == 1)
+        pthread_kill(e->runner, SIGUSR1); /* no need to wait for the next tick */
     return NULL;
 }
 
@@ -408,7 +410,9 @@ int ztm_engine_run(const ztm_engine_config_t *cfg, const ztm_service_t *svc, voi
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGUSR1); /* internal: the last worker has ended */
     pthread_sigmask(SIG_BLOCK, &sigs, &old);
+    e->runner = pthread_self();
     signal(SIGPIPE, SIG_IGN);
 
     e->workers = calloc(e->n, sizeof(*e->workers));
@@ -462,7 +466,7 @@ int ztm_engine_run(const ztm_engine_config_t *cfg, const ztm_service_t *svc, voi
     while (atomic_load(&e->alive) > 0) {
         struct timespec tick = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
         int sig = sigtimedwait(&sigs, NULL, &tick);
-        if (sig < 0)
+        if (sig < 0 || sig == SIGUSR1)
             continue;
         signals++;
         if (signals == 1) {
@@ -499,6 +503,14 @@ out:
     pthread_mutex_destroy(&e->lock);
     pthread_cond_destroy(&e->cond);
     free(e);
+    /* The last worker's wake-up may still be pending: take it before the
+     * caller's mask comes back (SIGUSR1's default action ends the process). */
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&usr1, NULL, &zero) == SIGUSR1)
+        ;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return ret;
 }
