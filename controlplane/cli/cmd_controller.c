@@ -89,6 +89,13 @@ static int svc_start(ztm_worker_t *w, void *arg)
     return 0;
 }
 
+static void svc_tick(ztm_worker_t *w, void *arg)
+{
+    ctl_t *c = arg;
+    if (c->srv)
+        ztm_grpc_server_run(c->srv);
+}
+
 static void svc_drain(ztm_worker_t *w, void *arg)
 {
     ctl_t *c = arg;
@@ -135,6 +142,7 @@ static void on_ready(void *arg, unsigned workers)
 static const ztm_service_t controller_service = {
     .name = "controller",
     .start = svc_start,
+    .tick = svc_tick,
     .drain = svc_drain,
     .stop = svc_stop,
     .idle = svc_idle,

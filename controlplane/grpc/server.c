@@ -33,6 +33,7 @@ struct ztm_grpc_server {
     gconn_t *conns;
     unsigned n_conns;
     gcall_t *watches; /* calls streaming Watch events */
+    gcall_t *ready_head, *ready_tail; /* unary calls to run at the end of this loop turn */
     bool draining;
 };
 
@@ -61,6 +62,8 @@ struct gcall {
     size_t out_len, out_off;
     ztm_api_watch_t *watch;
     gcall_t *wprev, *wnext;
+    gcall_t *rprev, *rnext;
+    bool queued;
 };
 
 static const ztm_h2_header_t CT = {"content-type", 12, "application/grpc", 16};
@@ -140,6 +143,41 @@ static void watch_unlink(gcall_t *call)
     call->wprev = call->wnext = NULL;
 }
 
+static void ready_unlink(gcall_t *call)
+{
+    ztm_grpc_server_t *s = call->c->srv;
+    if (!call->queued)
+        return;
+    if (call->rprev)
+        call->rprev->rnext = call->rnext;
+    else
+        s->ready_head = call->rnext;
+    if (call->rnext)
+        call->rnext->rprev = call->rprev;
+    else
+        s->ready_tail = call->rprev;
+    call->rprev = call->rnext = NULL;
+    call->queued = false;
+}
+
+/* Sends a unary call's reply (held until its store group was durable). */
+static void send_reply(gcall_t *call, ztm_api_reply_t *reply)
+{
+    gconn_t *c = call->c;
+    if (reply->status != ZTM_GRPC_OK || !frame_message(call, reply->body, reply->len)) {
+        answer_status(call, reply->status != ZTM_GRPC_OK ? reply->status : ZTM_GRPC_RESOURCE_EXHAUSTED,
+                      reply->status != ZTM_GRPC_OK ? reply->message : "out of memory");
+        return;
+    }
+    call->answered = true;
+    char code[4], msg[8];
+    ztm_h2_header_t t[1];
+    size_t tn = status_headers(t, code, msg, sizeof(msg), ZTM_GRPC_OK, NULL);
+    ztm_h2_respond(c->h2, call->id, 200, &CT, 1, ZTM_H2_BODY | ZTM_H2_TRAILERS);
+    ztm_h2_trailers(c->h2, call->id, t, tn);
+    call->finished = true; /* the one message is all */
+}
+
 static void run_call(gcall_t *call)
 {
     gconn_t *c = call->c;
@@ -147,21 +185,14 @@ static void run_call(gcall_t *call)
     const ztm_identity_t *caller = c->has_identity ? &c->identity : NULL;
     ztm_api_reply_t reply = {0};
     if (!ztm_api_streaming(call->m)) {
-        ztm_api_unary(s->api, call->m, caller, call->req, call->req_len, &reply);
-        if (reply.status != ZTM_GRPC_OK || !frame_message(call, reply.body, reply.len)) {
-            answer_status(call, reply.status != ZTM_GRPC_OK ? reply.status : ZTM_GRPC_RESOURCE_EXHAUSTED,
-                          reply.status != ZTM_GRPC_OK ? reply.message : "out of memory");
-            ztm_api_reply_clear(&reply);
-            return;
-        }
-        ztm_api_reply_clear(&reply);
-        call->answered = true;
-        char code[4], msg[8];
-        ztm_h2_header_t t[1];
-        size_t tn = status_headers(t, code, msg, sizeof(msg), ZTM_GRPC_OK, NULL);
-        ztm_h2_respond(c->h2, call->id, 200, &CT, 1, ZTM_H2_BODY | ZTM_H2_TRAILERS);
-        ztm_h2_trailers(c->h2, call->id, t, tn);
-        call->finished = true; /* the one message is all */
+        /* Run with the other calls of this loop turn: one durable write. */
+        call->queued = true;
+        call->rprev = s->ready_tail;
+        if (s->ready_tail)
+            s->ready_tail->rnext = call;
+        else
+            s->ready_head = call;
+        s->ready_tail = call;
         return;
     }
     call->watch = ztm_api_watch_open(s->api, call->m, caller, call->req, call->req_len, &reply);
@@ -369,6 +400,7 @@ static void on_stream_close(ztm_h2_session_t *h, void *user, int32_t id, void *s
     ztm_grpc_server_t *s = call->c->srv;
     ztm_timer_cancel(ztm_worker_timers(s->w), &call->deadline);
     watch_unlink(call);
+    ready_unlink(call);
     if (call->watch)
         ztm_api_watch_close(call->watch);
     if (call->m)
@@ -555,6 +587,44 @@ void ztm_grpc_server_stop(ztm_grpc_server_t *s)
     for (gconn_t *c = s->conns; c; c = next) {
         next = c->next;
         ztm_link_abort(c->link, "stopped");
+    }
+}
+
+void ztm_grpc_server_run(ztm_grpc_server_t *s)
+{
+    if (!s->ready_head)
+        return;
+    enum { MAX_GROUP = 256 };
+    gcall_t *batch[MAX_GROUP];
+    ztm_api_reply_t replies[MAX_GROUP];
+    while (s->ready_head) {
+        size_t n = 0;
+        int g = ztm_store_group_begin(s->store);
+        while (s->ready_head && n < MAX_GROUP) {
+            gcall_t *call = s->ready_head;
+            ready_unlink(call);
+            gconn_t *c = call->c;
+            memset(&replies[n], 0, sizeof(replies[n]));
+            ztm_api_unary(s->api, call->m, c->has_identity ? &c->identity : NULL, call->req,
+                          call->req_len, &replies[n]);
+            batch[n++] = call;
+        }
+        int end = g < 0 ? g : ztm_store_group_end(s->store);
+        if (end < 0)
+            ztm_log(ZTM_LOG_ERROR, "grpc.store_write", "calls=%zu error=\"%s\"", n,
+                    end < -4095 ? ztm_store_strerror(end) : strerror(-end));
+        for (size_t i = 0; i < n; i++) {
+            if (end < 0) {
+                /* The group was undone: nothing of these calls happened. */
+                ztm_api_reply_clear(&replies[i]);
+                replies[i].status = ZTM_GRPC_UNAVAILABLE;
+                snprintf(replies[i].message, sizeof(replies[i].message),
+                         "the store could not be written; nothing was changed, retry");
+            }
+            send_reply(batch[i], &replies[i]);
+            ztm_api_reply_clear(&replies[i]);
+            conn_kick(batch[i]->c);
+        }
     }
 }
 

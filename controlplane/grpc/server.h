@@ -36,6 +36,11 @@ void ztm_grpc_server_free(ztm_grpc_server_t *s);
  * local sockets). Returns 0 or -errno (FD closed). */
 int ztm_grpc_server_accept(ztm_grpc_server_t *s, int fd, ztm_tls_ctx_t *tls);
 
+/* Runs the unary calls that became ready in this loop turn, together in one
+ * store group (one durable write), and only then sends their replies. Call
+ * from the service's tick (after each batch of completions). */
+void ztm_grpc_server_run(ztm_grpc_server_t *s);
+
 /* Graceful: GOAWAY on every connection; calls in flight finish. */
 void ztm_grpc_server_drain(ztm_grpc_server_t *s);
 /* At once: every connection closed. */

@@ -478,7 +478,10 @@ static void open_keylog(ztm_tls_ctx_t *ctx)
 int ztm_tls_ctx_new(ztm_tls_ctx_t **out, const ztm_tls_config_t *cfg)
 {
     *out = NULL;
-    if (!cfg || !cfg->cert_file || !cfg->key_file || !cfg->ca_file ||
+    /* A client may go without an identity (a joiner before it has one):
+     * server-only TLS. A server always presents one. */
+    bool anonymous = cfg && cfg->role == ZTM_TLS_CLIENT && !cfg->cert_file && !cfg->key_file;
+    if (!cfg || (!anonymous && (!cfg->cert_file || !cfg->key_file)) || !cfg->ca_file ||
         (cfg->role != ZTM_TLS_SERVER && cfg->role != ZTM_TLS_CLIENT) ||
         (unsigned)cfg->ktls > ZTM_KTLS_ON)
         return -EINVAL;
@@ -514,6 +517,8 @@ int ztm_tls_ctx_new(ztm_tls_ctx_t **out, const ztm_tls_config_t *cfg)
     if (!SSL_CTX_set_min_proto_version(sc, TLS1_3_VERSION) ||
         !SSL_CTX_set_max_proto_version(sc, TLS1_3_VERSION))
         goto Fail;
+    if (anonymous)
+        goto NoIdentity;
     if (!SSL_CTX_use_certificate_chain_file(sc, cfg->cert_file)) {
         rc = config_error("certificate chain (PEM, leaf first)", cfg->cert_file);
         goto Fail;
@@ -526,6 +531,7 @@ int ztm_tls_ctx_new(ztm_tls_ctx_t **out, const ztm_tls_config_t *cfg)
         rc = config_error("private key does not match the certificate", cfg->key_file);
         goto Fail;
     }
+NoIdentity:
     if (!X509_STORE_load_locations(ctx->store, cfg->ca_file, NULL)) {
         rc = config_error("CA bundle (PEM)", cfg->ca_file);
         goto Fail;

@@ -72,7 +72,8 @@ typedef const char *(*ztm_tls_verify_fn)(void *arg, ztm_tls_conn_t *conn, X509 *
 
 typedef struct {
     ztm_tls_role_t role;
-    const char *cert_file; /* PEM: our leaf, then any intermediates */
+    const char *cert_file; /* PEM: our leaf, then any intermediates; a client may
+                              leave cert and key NULL (server-only TLS: a joiner) */
     const char *key_file;  /* PEM: our private key */
     const char *ca_file;   /* PEM bundle: the CAs a peer's chain must end at */
     ztm_ktls_mode_t ktls;  /* default (0) OFF */
