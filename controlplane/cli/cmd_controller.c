@@ -67,6 +67,13 @@ static void on_poll(ztm_timer_t *t)
     ztm_timer_arm(ztm_worker_timers(c->w), &c->poll, ztm_worker_now(c->w) + ZTM_NS_PER_SEC);
 }
 
+/* TLS verify hook: revoked certificates are refused at the handshake. */
+static const char *verify_peer(void *arg, ztm_tls_conn_t *conn, X509 *peer)
+{
+    ctl_t *c = arg;
+    return c->srv ? ztm_grpc_server_verify(c->srv, conn, peer) : "starting";
+}
+
 static void on_accept(ztm_acceptor_t *a, int fd)
 {
     ctl_t *c = a->user;
@@ -335,7 +342,8 @@ int ztm_cmd_controller(int argc, char **argv)
     /* Join callers have no certificate yet: the API lets them reach Join
      * and Health only; every other method needs a verified identity. */
     ztm_tls_config_t tc = {.role = ZTM_TLS_SERVER, .cert_file = cert, .key_file = key,
-                           .ca_file = ca, .client_cert_optional = true};
+                           .ca_file = ca, .client_cert_optional = true,
+                           .on_verify = verify_peer, .on_verify_arg = &c};
     if ((r = ztm_tls_ctx_new(&c.tls, &tc)) < 0) {
         fprintf(stderr, "ztm controller: error: TLS set-up: %s\n", ztm_tls_strerror(r));
         goto out;

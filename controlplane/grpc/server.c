@@ -35,6 +35,8 @@ struct ztm_grpc_server {
     gcall_t *watches; /* calls streaming Watch events */
     gcall_t *ready_head, *ready_tail; /* unary calls to run at the end of this loop turn */
     bool draining;
+    bool in_run;      /* inside ztm_grpc_server_run: cuts wait for the replies */
+    bool cut_pending; /* some connection's identity was revoked */
 };
 
 struct gconn {
@@ -43,6 +45,8 @@ struct gconn {
     ztm_h2_session_t *h2;
     ztm_identity_t identity;
     bool has_identity;
+    bool revoked; /* its certificate was revoked: */
+    bool cut;     /* ... and it is being closed */
     gconn_t *prev, *next;
 };
 
@@ -262,6 +266,10 @@ static void on_request(ztm_h2_session_t *h, void *user, int32_t id, void *sdata,
     if (!ct || !ztm_grpc_content_type_ok(ct->value, ct->value_len)) {
         call->answered = true;
         ztm_h2_respond(h, id, 415, NULL, 0, 0);
+        return;
+    }
+    if (c->revoked) {
+        answer_status(call, ZTM_GRPC_UNAUTHENTICATED, "certificate revoked");
         return;
     }
     const char *path = req->path ? req->path : "";
@@ -501,13 +509,58 @@ static const ztm_link_upper_t upper = {
 };
 
 /* ---- the server ------------------------------------------------------- */
+/* Revocation is enforced at once: a connection of a revoked identity takes
+ * no new call (UNAUTHENTICATED), its watches end with UNAUTHENTICATED, what
+ * is already answered goes out, and it closes. Runs after replies of the
+ * current store group were sent, so a caller that revoked itself still gets
+ * its answer. */
+static void cut_revoked(ztm_grpc_server_t *s)
+{
+    if (!s->cut_pending)
+        return;
+    s->cut_pending = false;
+    gconn_t *next;
+    for (gconn_t *c = s->conns; c; c = next) {
+        next = c->next;
+        if (!c->revoked || c->cut)
+            continue;
+        c->cut = true;
+        ztm_log(ZTM_LOG_INFO, "grpc.revoked_cut", "link=%llu endpoint=%s serial=%s",
+                (unsigned long long)ztm_link_id(c->link), c->identity.name, c->identity.serial);
+        if (!c->h2) {
+            ztm_link_close(c->link, "certificate revoked");
+            continue;
+        }
+        for (gcall_t *call = s->watches, *wn; call; call = wn) {
+            wn = call->wnext;
+            if (call->c == c && !call->finished) {
+                watch_unlink(call);
+                finish_with(call, ZTM_GRPC_UNAUTHENTICATED, "certificate revoked");
+            }
+        }
+        ztm_h2_shutdown(c->h2);
+        conn_kick(c); /* trailers and GOAWAY go out before close_notify */
+        ztm_link_close(c->link, "certificate revoked");
+    }
+}
+
 static void on_store_notify(void *arg, uint64_t version)
 {
     ztm_grpc_server_t *s = arg;
+    for (gconn_t *c = s->conns; c; c = c->next) {
+        if (c->has_identity && !c->revoked && ztm_api_identity_revoked(s->api, &c->identity)) {
+            c->revoked = true;
+            s->cut_pending = true;
+        }
+    }
     for (gcall_t *call = s->watches; call; call = call->wnext) {
+        if (call->c->revoked || !call->c->h2)
+            continue;
         ztm_h2_resume(call->c->h2, call->id);
         conn_kick(call->c);
     }
+    if (!s->in_run)
+        cut_revoked(s);
 }
 
 int ztm_grpc_server_new(ztm_worker_t *w, ztm_api_t *api, ztm_store_t *store,
@@ -597,6 +650,7 @@ void ztm_grpc_server_run(ztm_grpc_server_t *s)
     enum { MAX_GROUP = 256 };
     gcall_t *batch[MAX_GROUP];
     ztm_api_reply_t replies[MAX_GROUP];
+    s->in_run = true;
     while (s->ready_head) {
         size_t n = 0;
         int g = ztm_store_group_begin(s->store);
@@ -626,6 +680,19 @@ void ztm_grpc_server_run(ztm_grpc_server_t *s)
             conn_kick(batch[i]->c);
         }
     }
+    s->in_run = false;
+    cut_revoked(s);
+}
+
+const char *ztm_grpc_server_verify(void *arg, ztm_tls_conn_t *conn, X509 *peer)
+{
+    ztm_grpc_server_t *s = arg;
+    ztm_identity_t id;
+    if (ztm_identity_from_cert(peer, &id) < 0)
+        return "not_an_identity";
+    if (ztm_api_identity_revoked(s->api, &id))
+        return "revoked";
+    return NULL;
 }
 
 unsigned ztm_grpc_server_conns(const ztm_grpc_server_t *s)

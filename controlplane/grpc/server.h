@@ -47,4 +47,9 @@ void ztm_grpc_server_drain(ztm_grpc_server_t *s);
 void ztm_grpc_server_stop(ztm_grpc_server_t *s);
 unsigned ztm_grpc_server_conns(const ztm_grpc_server_t *s);
 
+/* A TLS verify hook (ztm_tls_config_t.on_verify, arg = the server) that
+ * refuses, during the handshake, certificates that are not identities of
+ * ours or are revoked. Runs on the worker that owns the store. */
+const char *ztm_grpc_server_verify(void *arg, ztm_tls_conn_t *conn, X509 *peer);
+
 #endif

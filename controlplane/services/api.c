@@ -233,6 +233,16 @@ void ztm_api_free(ztm_api_t *api)
 
 /* ---- authorization ---------------------------------------------------------------------- */
 
+bool ztm_api_identity_revoked(ztm_api_t *api, const ztm_identity_t *id)
+{
+    void *v;
+    size_t len;
+    int r = ztm_store_get(api->store, ZTM_STORE_REVOCATION, id->serial, &v, &len);
+    if (r == 0)
+        free(v);
+    return r != -ENOENT;
+}
+
 int api_authorize(ztm_api_t *api, access_t access, const ztm_identity_t *caller,
                   ztm_api_reply_t *reply)
 {

@@ -82,6 +82,11 @@ void ztm_api_reply_clear(ztm_api_reply_t *r);
 void ztm_api_unary(ztm_api_t *api, const ztm_api_method_t *m, const ztm_identity_t *caller,
                    const uint8_t *req, size_t len, ztm_api_reply_t *reply);
 
+/* True when ID's certificate is revoked (or the store cannot tell: fail
+ * closed). For transports that hold live connections: they close those of
+ * a revoked identity at once, and refuse it at the handshake. */
+bool ztm_api_identity_revoked(ztm_api_t *api, const ztm_identity_t *id);
+
 /* ---- Watch.Subscribe -------------------------------------------------------------- */
 
 typedef struct ztm_api_watch ztm_api_watch_t;

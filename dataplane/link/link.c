@@ -7,7 +7,11 @@
  * from a per-link buffer the upper layer writes into. A link starts in tls
  * mode and may move to raw once the handshake is done (ztm_ktls_enable).
  *
- * States move one way: CONNECTING -> HANDSHAKE -> OPEN -> CLOSING -> DEAD.
+ * States move one way: CONNECTING -> HANDSHAKE -> OPEN -> CLOSING -> LINGER
+ * -> DEAD. LINGER: our side is shut down (FIN sent); we read and drop what
+ * the peer still sends until its FIN or a short deadline, because closing a
+ * socket with unread bytes sends an RST, and an RST can destroy our last
+ * answer before the peer has read it.
  * DEAD means every op was cancelled and the link's own reference dropped;
  * the release runs when the last completion is in. */
 #include "dataplane/link/link.h"
@@ -28,8 +32,9 @@
 #define TLS_OUT_HIGH (64 * 1024)    /* stop producing past this much ciphertext */
 #define CTL_BUF_CAP (16 * 1024 + 256)
 #define CLOSE_FLUSH_NS (5 * ZTM_NS_PER_SEC)
+#define LINGER_NS (2 * ZTM_NS_PER_SEC)
 
-typedef enum { L_CONNECTING, L_HANDSHAKE, L_OPEN, L_CLOSING, L_DEAD } link_state_t;
+typedef enum { L_CONNECTING, L_HANDSHAKE, L_OPEN, L_CLOSING, L_LINGER, L_DEAD } link_state_t;
 
 struct ztm_link {
     ztm_ref_t ref;
@@ -42,6 +47,7 @@ struct ztm_link {
     bool ktls;          /* the kernel holds the record layer */
     bool ktls_settling; /* handshake done, kTLS switch still to be decided */
     bool want_write;
+    bool notify_queued; /* close_notify is in the TLS out buffer */
     bool abortive;
     bool ctl_mode; /* kTLS: next receive must be a recvmsg (control record) */
     bool recv_ctl; /* the receive in flight is that recvmsg */
@@ -153,12 +159,43 @@ void ztm_link_abort(ztm_link_t *l, const char *reason)
     become_dead(l, reason, true);
 }
 
+static void arm_linger_recv(ztm_link_t *l)
+{
+    if (l->recv_op.inflight)
+        return;
+    ztm_bufring_t *br = ztm_worker_bufring(l->w);
+    struct io_uring_sqe *sqe = ztm_worker_sqe(l->w, &l->recv_op);
+    io_uring_prep_recv(sqe, l->fd, NULL, ztm_bufring_buf_size(br), 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = ztm_bufring_gid(br);
+}
+
 static void finish_close(ztm_link_t *l)
 {
     if (l->ktls)
         (void)ztm_ktls_send_close_notify(l->tls, l->fd);
-    (void)shutdown(l->fd, SHUT_WR);
-    become_dead(l, NULL, false);
+    if (shutdown(l->fd, SHUT_WR) < 0) {
+        become_dead(l, NULL, false);
+        return;
+    }
+    l->state = L_LINGER;
+    ztm_timer_arm(ztm_worker_timers(l->w), &l->timer, ztm_worker_now(l->w) + LINGER_NS);
+    arm_linger_recv(l);
+}
+
+/* LINGER: drop what arrives until the peer's FIN. */
+static void on_recv_linger(ztm_link_t *l, int res, uint32_t flags)
+{
+    if (flags & IORING_CQE_F_BUFFER) {
+        ztm_bufring_t *br = ztm_worker_bufring(l->w);
+        uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+        ztm_bufring_take(br, bid);
+        ztm_bufring_put(br, bid);
+    }
+    if (res > 0 || res == -ENOBUFS)
+        arm_linger_recv(l);
+    else
+        become_dead(l, NULL, false);
 }
 
 void ztm_link_close(ztm_link_t *l, const char *reason)
@@ -171,12 +208,9 @@ void ztm_link_close(ztm_link_t *l, const char *reason)
         become_dead(l, reason, false);
         return;
     }
-    bool was_open = l->state == L_OPEN;
     l->state = L_CLOSING;
     ztm_timer_arm(ztm_worker_timers(l->w), &l->timer, ztm_worker_now(l->w) + CLOSE_FLUSH_NS);
-    if (was_open && l->tls && !l->raw)
-        (void)ztm_tls_shutdown(l->tls); /* close_notify, sent by flush */
-    flush(l);
+    flush(l); /* the upper layer's last bytes, then close_notify (flush) */
 }
 
 /* ---- receiving ------------------------------------------------------- */
@@ -246,6 +280,11 @@ static void on_recv_ctl(ztm_link_t *l, int res)
 static void on_recv(ztm_worker_t *w, ztm_op_t *op, int res, uint32_t flags)
 {
     ztm_link_t *l = (ztm_link_t *)((char *)op - offsetof(ztm_link_t, recv_op));
+    if (l->state == L_LINGER) {
+        l->recv_ctl = false;
+        on_recv_linger(l, res, flags);
+        return;
+    }
     if (l->raw) {
         if (l->recv_ctl) {
             l->recv_ctl = false;
@@ -275,8 +314,7 @@ static void on_recv(ztm_worker_t *w, ztm_op_t *op, int res, uint32_t flags)
 
 static void arm_recv(ztm_link_t *l)
 {
-    if (l->recv_op.inflight || l->state == L_DEAD || l->state == L_CONNECTING ||
-        l->state == L_CLOSING)
+    if (l->recv_op.inflight || (l->state != L_OPEN && l->state != L_HANDSHAKE))
         return;
     struct io_uring_sqe *sqe;
     if (!l->raw) {
@@ -326,7 +364,7 @@ static void arm_recv(ztm_link_t *l)
 static void on_send(ztm_worker_t *w, ztm_op_t *op, int res, uint32_t flags)
 {
     ztm_link_t *l = (ztm_link_t *)((char *)op - offsetof(ztm_link_t, send_op));
-    if (l->state == L_DEAD)
+    if (l->state == L_DEAD || l->state == L_LINGER)
         return;
     if (res < 0) {
         if (res == -EPIPE || res == -ECONNRESET)
@@ -407,7 +445,8 @@ static void produce_tls(ztm_link_t *l)
 
 static void flush(ztm_link_t *l)
 {
-    if (l->send_op.inflight || l->state == L_DEAD || l->state == L_CONNECTING)
+    if (l->send_op.inflight || l->state == L_DEAD || l->state == L_CONNECTING ||
+        l->state == L_LINGER)
         return;
     struct io_uring_sqe *sqe;
     if (l->raw) {
@@ -431,6 +470,12 @@ static void flush(ztm_link_t *l)
         produce_tls(l);
     if (l->state == L_DEAD)
         return;
+    /* close_notify goes after everything the upper layer had to say. */
+    if (l->state == L_CLOSING && !l->want_write && !l->carry_len && !l->notify_queued &&
+        ztm_tls_handshake_done(l->tls)) {
+        if (ztm_tls_shutdown(l->tls) != -ENOBUFS)
+            l->notify_queued = true;
+    }
     const uint8_t *data;
     size_t pending = ztm_tls_out_pending(l->tls, &data);
     if (pending) {
@@ -545,6 +590,9 @@ static void on_timer(ztm_timer_t *t)
         break;
     case L_CLOSING:
         become_dead(l, NULL, true);
+        break;
+    case L_LINGER:
+        become_dead(l, NULL, false);
         break;
     case L_DEAD:
         break;
