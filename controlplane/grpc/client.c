@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dataplane/h2/h2.h"
+#include "dataplane/h2/h2link.h"
 #include "dataplane/link/link.h"
 #include "dataplane/runtime/log.h"
 #include "dataplane/runtime/worker.h"
@@ -176,21 +177,14 @@ static int on_open(ztm_link_t *l, void *user)
 static int on_link_data(ztm_link_t *l, void *user, const uint8_t *data, size_t len)
 {
     call_t *c = user;
-    int r = ztm_h2_feed(c->h2, data, len);
-    if (ztm_h2_want_write(c->h2))
-        ztm_link_want_write(l);
-    if ((r < 0 || ztm_h2_idle(c->h2)) && !ztm_h2_want_write(c->h2))
-        ztm_link_close(l, "done");
+    ztm_h2link_feed(c->h2, l, data, len);
     return 0;
 }
 
 static size_t produce(ztm_link_t *l, void *user, uint8_t *buf, size_t cap)
 {
     call_t *c = user;
-    size_t n = 0;
-    if (c->h2)
-        ztm_h2_flush(c->h2, buf, cap, &n);
-    return n;
+    return ztm_h2link_produce(c->h2, l, buf, cap);
 }
 
 static void on_close(ztm_link_t *l, void *user, const char *reason)

@@ -18,6 +18,7 @@
 #include "controlplane/ca/identity.h"
 #include "controlplane/grpc/frame.h"
 #include "dataplane/h2/h2.h"
+#include "dataplane/h2/h2link.h"
 #include "dataplane/link/link.h"
 #include "dataplane/runtime/log.h"
 
@@ -435,12 +436,7 @@ static uint64_t h2_clock(void *user)
 
 static void after_h2(gconn_t *c, int r)
 {
-    if (r < 0 && r != ZTM_H2_E_CLOSED)
-        ztm_log(ZTM_LOG_WARN, "grpc.conn_error", "link=%llu error=%s",
-                (unsigned long long)ztm_link_id(c->link), ztm_h2_strerror(r));
-    conn_kick(c);
-    if ((r < 0 || ztm_h2_idle(c->h2)) && !ztm_h2_want_write(c->h2))
-        ztm_link_close(c->link, r < 0 && r != ZTM_H2_E_CLOSED ? "protocol error" : "done");
+    ztm_h2link_settle(c->h2, c->link, r);
 }
 
 static int on_open(ztm_link_t *l, void *user)
@@ -471,19 +467,14 @@ static int on_open(ztm_link_t *l, void *user)
 static int on_link_data(ztm_link_t *l, void *user, const uint8_t *data, size_t len)
 {
     gconn_t *c = user;
-    after_h2(c, ztm_h2_feed(c->h2, data, len));
+    ztm_h2link_feed(c->h2, l, data, len);
     return 0;
 }
 
 static size_t produce(ztm_link_t *l, void *user, uint8_t *buf, size_t cap)
 {
     gconn_t *c = user;
-    size_t n = 0;
-    if (!c->h2 || ztm_h2_flush(c->h2, buf, cap, &n) < 0)
-        return 0;
-    if (!ztm_h2_want_write(c->h2) && ztm_h2_idle(c->h2))
-        ztm_link_close(l, "done");
-    return n;
+    return ztm_h2link_produce(c->h2, l, buf, cap);
 }
 
 static void on_close(ztm_link_t *l, void *user, const char *reason)

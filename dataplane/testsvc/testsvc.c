@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "dataplane/h2/h2.h"
+#include "dataplane/h2/h2link.h"
 #include "dataplane/link/link.h"
 #include "dataplane/runtime/acceptor.h"
 #include "dataplane/runtime/log.h"
@@ -70,7 +71,6 @@ struct conn {
     ztm_link_t *link;
     ztm_h2_session_t *h2;
     conn_t *prev, *next;
-    bool closing;
 };
 
 /* Per-worker state, shared by server and client. */
@@ -109,17 +109,7 @@ static uint64_t h2_clock(void *user)
 
 static void conn_after_h2(conn_t *c, int r)
 {
-    if (r == ZTM_H2_E_CLOSED) {
-        r = 0; /* both sides said GOAWAY: a normal end */
-    } else if (r < 0) {
-        ztm_log(ZTM_LOG_WARN, "h2.error", "link=%llu error=%s", (unsigned long long)ztm_link_id(c->link),
-                ztm_h2_strerror(r));
-        c->closing = true;
-    }
-    if (ztm_h2_want_write(c->h2))
-        ztm_link_want_write(c->link);
-    if ((c->closing || ztm_h2_idle(c->h2)) && !ztm_h2_want_write(c->h2))
-        ztm_link_close(c->link, c->closing ? "h2 error" : "done");
+    ztm_h2link_settle(c->h2, c->link, r);
 }
 
 static int on_link_data(ztm_link_t *l, void *user, const uint8_t *data, size_t len)
@@ -127,18 +117,14 @@ static int on_link_data(ztm_link_t *l, void *user, const uint8_t *data, size_t l
     conn_t *c = user;
     if (!c->h2)
         return -EPROTO;
-    int r = ztm_h2_feed(c->h2, data, len);
-    conn_after_h2(c, r);
+    ztm_h2link_feed(c->h2, l, data, len);
     return 0;
 }
 
 static size_t on_link_produce(ztm_link_t *l, void *user, uint8_t *buf, size_t cap)
 {
     conn_t *c = user;
-    size_t n = 0;
-    if (!c->h2 || ztm_h2_flush(c->h2, buf, cap, &n) < 0)
-        return 0;
-    return n;
+    return ztm_h2link_produce(c->h2, l, buf, cap);
 }
 
 static void on_link_close(ztm_link_t *l, void *user, const char *reason)
