@@ -18,6 +18,11 @@ typedef struct {
 /* Prints "ztm CMD: error: MESSAGE" on stderr; returns ZTM_EXIT_USAGE. */
 int ztm_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* --log-level VALUE / --log-format VALUE, shared by the long-running
+ * commands: applies it, or returns the usage exit code with one line. */
+int ztm_cli_log_level(const char *cmd, const char *value);
+int ztm_cli_log_format(const char *cmd, const char *value);
+
 int ztm_cmd_relay(int argc, char **argv);
 int ztm_cmd_h2test(int argc, char **argv);
 int ztm_cmd_controller(int argc, char **argv);

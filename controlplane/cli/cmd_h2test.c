@@ -127,17 +127,13 @@ int ztm_cmd_h2test(int argc, char **argv)
             if (!ztm_flag_seconds(optarg, false, &cfg.timeout_ns))
                 return ztm_cli_usage_error(cmd, "--timeout '%s': expected seconds > 0", optarg);
             break;
-        case O_LEVEL: {
-            ztm_log_level_t lvl;
-            if (!ztm_log_parse_level(optarg, &lvl))
-                return ztm_cli_usage_error(cmd, "--log-level '%s': expected debug, info, warn or error", optarg);
-            ztm_log_set_level(lvl);
+        case O_LEVEL:
+        case O_FORMAT: {
+            int e = c == O_LEVEL ? ztm_cli_log_level(cmd, optarg) : ztm_cli_log_format(cmd, optarg);
+            if (e)
+                return e;
             break;
         }
-        case O_FORMAT:
-            if (!ztm_log_set_format(optarg))
-                return ztm_cli_usage_error(cmd, "--log-format '%s': expected logfmt or json", optarg);
-            break;
         case O_CLIENT_CERT:
             if (strcmp(optarg, "required") != 0 && strcmp(optarg, "optional") != 0)
                 return ztm_cli_usage_error(cmd, "--client-cert '%s': expected required or optional", optarg);

@@ -99,17 +99,13 @@ int ztm_cmd_relay(int argc, char **argv)
                 return ztm_cli_usage_error(cmd, "--buffer-size '%s': expected bytes from 4096 to 1048576", optarg);
             cfg.buf_size = (uint32_t)v;
             break;
-        case O_LEVEL: {
-            ztm_log_level_t lvl;
-            if (!ztm_log_parse_level(optarg, &lvl))
-                return ztm_cli_usage_error(cmd, "--log-level '%s': expected debug, info, warn or error", optarg);
-            ztm_log_set_level(lvl);
+        case O_LEVEL:
+        case O_FORMAT: {
+            int e = c == O_LEVEL ? ztm_cli_log_level(cmd, optarg) : ztm_cli_log_format(cmd, optarg);
+            if (e)
+                return e;
             break;
         }
-        case O_FORMAT:
-            if (!ztm_log_set_format(optarg))
-                return ztm_cli_usage_error(cmd, "--log-format '%s': expected logfmt or json", optarg);
-            break;
         case 'h':
             fputs(usage, stdout);
             return ZTM_EXIT_OK;

@@ -1,5 +1,6 @@
 /* ztm: one executable, dispatching to subcommands through a table. */
 #include "controlplane/cli/cli.h"
+#include "dataplane/runtime/log.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,6 +31,22 @@ int ztm_cli_usage_error(const char *cmd, const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "ztm %s: error: %s\n", cmd, msg);
     return ZTM_EXIT_USAGE;
+}
+
+int ztm_cli_log_level(const char *cmd, const char *value)
+{
+    ztm_log_level_t lvl;
+    if (!ztm_log_parse_level(value, &lvl))
+        return ztm_cli_usage_error(cmd, "--log-level '%s': expected debug, info, warn or error", value);
+    ztm_log_set_level(lvl);
+    return 0;
+}
+
+int ztm_cli_log_format(const char *cmd, const char *value)
+{
+    if (!ztm_log_set_format(value))
+        return ztm_cli_usage_error(cmd, "--log-format '%s': expected logfmt or json", value);
+    return 0;
 }
 
 static void print_usage(FILE *f)
