@@ -10,6 +10,7 @@
 #include "controlplane/grpc/server.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,7 @@ struct ztm_grpc_server {
     gcall_t *ready_head, *ready_tail; /* unary calls to run at the end of this loop turn */
     bool draining;
     bool in_run;      /* inside ztm_grpc_server_run: cuts wait for the replies */
+    ztm_timer_t tick; /* keepalive PINGs, dead peers, the graceful GOAWAY's second step */
     bool cut_pending; /* some connection's identity was revoked */
 };
 
@@ -554,6 +556,18 @@ static void on_store_notify(void *arg, uint64_t version)
         cut_revoked(s);
 }
 
+static void on_tick(ztm_timer_t *t)
+{
+    ztm_grpc_server_t *s = (ztm_grpc_server_t *)((char *)t - offsetof(ztm_grpc_server_t, tick));
+    gconn_t *next;
+    for (gconn_t *c = s->conns; c; c = next) {
+        next = c->next;
+        if (c->h2 && !c->cut)
+            after_h2(c, ztm_h2_tick(c->h2));
+    }
+    ztm_timer_arm(ztm_worker_timers(s->w), &s->tick, ztm_worker_now(s->w) + ZTM_NS_PER_SEC);
+}
+
 int ztm_grpc_server_new(ztm_worker_t *w, ztm_api_t *api, ztm_store_t *store,
                         const ztm_grpc_server_config_t *cfg, ztm_grpc_server_t **out)
 {
@@ -569,6 +583,8 @@ int ztm_grpc_server_new(ztm_worker_t *w, ztm_api_t *api, ztm_store_t *store,
         free(s);
         return r;
     }
+    ztm_timer_init(&s->tick, on_tick);
+    ztm_timer_arm(ztm_worker_timers(w), &s->tick, ztm_worker_now(w) + ZTM_NS_PER_SEC);
     *out = s;
     return 0;
 }
@@ -577,6 +593,7 @@ void ztm_grpc_server_free(ztm_grpc_server_t *s)
 {
     if (!s)
         return;
+    ztm_timer_cancel(ztm_worker_timers(s->w), &s->tick);
     ztm_store_unsubscribe(s->store, s->sub);
     free(s);
 }
