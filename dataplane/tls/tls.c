@@ -9,6 +9,7 @@
 
 #include "dataplane/runtime/log.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -261,6 +262,9 @@ static verify_refusal_t refusal_for(int x509_err)
     case X509_V_ERR_CERT_SIGNATURE_FAILURE:
     case X509_V_ERR_CRL_SIGNATURE_FAILURE:
         return (verify_refusal_t){"bad_signature", SSL_AD_DECRYPT_ERROR};
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+        return (verify_refusal_t){"wrong_name", SSL_AD_BAD_CERTIFICATE};
     }
     return (verify_refusal_t){"invalid", SSL_AD_BAD_CERTIFICATE};
 }
@@ -320,6 +324,21 @@ static enum ssl_verify_result_t on_custom_verify(SSL *ssl, uint8_t *out_alert)
         c->verify_reason = "internal_error";
         log_refusal(c, c->verify_reason, 0, leaf, "cannot set up verification");
         goto Exit;
+    }
+    /* A client that named a server checks that the certificate is for it
+     * (a DNS name, or an IP address given as text). */
+    const char *host = c->ctx->role == ZTM_TLS_CLIENT ? ztm_tls_conn_sni(c) : NULL;
+    if (host && *host) {
+        X509_VERIFY_PARAM *vp = X509_STORE_CTX_get0_param(sctx);
+        struct in6_addr ip;
+        bool is_ip = inet_pton(AF_INET, host, &ip) == 1 || inet_pton(AF_INET6, host, &ip) == 1;
+        if (!(is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, host)
+                    : X509_VERIFY_PARAM_set1_host(vp, host, strlen(host)))) {
+            *out_alert = SSL_AD_INTERNAL_ERROR;
+            c->verify_reason = "internal_error";
+            log_refusal(c, c->verify_reason, 0, leaf, "cannot set the expected server name");
+            goto Exit;
+        }
     }
     if (X509_verify_cert(sctx) != 1) {
         int err = X509_STORE_CTX_get_error(sctx);

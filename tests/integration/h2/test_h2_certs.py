@@ -26,6 +26,12 @@ def scenario():
                  f"client with the {prefix} certificate was served: rc {rc} {res}")
         srv.wait_for_log("tls.verify_failed", reason=reason)
         zt.log(f"server refused a {prefix} client certificate: reason={reason}")
+    # Our client checks the server's name against its certificate.
+    rc, res, err = hc.client(srv.port, *hc.tls_args("client"), "--sni", "wrong.example",
+                             "--timeout", "20")
+    zt.check(rc != 0 and "reason=wrong_name" in err,
+             f"our client accepted a certificate not made for wrong.example: rc {rc} {res} {err[-500:]}")
+    zt.log("client refused a server certificate for another name: reason=wrong_name")
     # The server still serves good clients.
     rc, res, err = hc.client(srv.port, *hc.tls_args("client"), "--sni", "localhost",
                              "--get-size", "12345")
@@ -42,7 +48,8 @@ def scenario():
                  f"our client did not name reason={reason} for the {prefix} server:\n{err[-800:]}")
         bad.stop()
         zt.log(f"client refused a {prefix} server certificate: reason={reason}")
-    return "foreign CA, expired, not yet valid, wrong EKU: refused both ways with the reason logged"
+    return ("foreign CA, expired, not yet valid, wrong EKU: refused both ways with the reason logged; "
+            "a server certificate for another name refused (wrong_name)")
 
 
 if __name__ == "__main__":
