@@ -538,6 +538,51 @@ int ztm_csr_common_name(const ztm_csr_t *csr, char *out, size_t cap)
     return 0;
 }
 
+int ztm_csr_requested_role(const ztm_csr_t *csr, ztm_role_t *role)
+{
+    *role = ZTM_ROLE_NONE;
+    STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(csr->req);
+    if (!exts)
+        return 0;
+    int rc = 0;
+    for (size_t i = 0; i < sk_X509_EXTENSION_num(exts) && rc == 0; i++) {
+        X509_EXTENSION *ext = sk_X509_EXTENSION_value(exts, i);
+        if (OBJ_obj2nid(X509_EXTENSION_get_object(ext)) != NID_subject_alt_name)
+            continue;
+        GENERAL_NAMES *names = X509V3_EXT_d2i(ext);
+        if (!names) {
+            rc = ZTM_CA_E_PARSE;
+            break;
+        }
+        for (size_t j = 0; j < sk_GENERAL_NAME_num(names); j++) {
+            const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, j);
+            if (gn->type != GEN_URI)
+                continue;
+            const char *u = (const char *)ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier);
+            size_t n = (size_t)ASN1_STRING_length(gn->d.uniformResourceIdentifier);
+            if (n < 6 || memcmp(u, "ztm://", 6) != 0)
+                continue;
+            /* ztm://MESH/ROLE/ID: the role is between the 1st and 2nd '/'. */
+            const char *p = memchr(u + 6, '/', n - 6);
+            const char *q = p ? memchr(p + 1, '/', n - (size_t)(p + 1 - u)) : NULL;
+            size_t rl = p ? (size_t)((q ? q : u + n) - (p + 1)) : 0;
+            ztm_role_t r = ZTM_ROLE_NONE;
+            if (!p || !ztm_role_parse(p + 1, rl, &r)) {
+                rc = ZTM_CA_E_ROLE;
+                break;
+            }
+            if (*role != ZTM_ROLE_NONE && *role != r) {
+                rc = ZTM_CA_E_ROLE; /* two different roles asked for */
+                break;
+            }
+            *role = r;
+        }
+        GENERAL_NAMES_free(names);
+    }
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    return rc;
+}
+
 int ztm_csr_key_pin(const ztm_csr_t *csr, uint8_t out[ZTM_PIN_LEN])
 {
     uint8_t *der = NULL;

@@ -95,6 +95,11 @@ int ztm_csr_common_name(const ztm_csr_t *csr, char *out, size_t cap);
 
 /* SHA-256 of the CSR's SubjectPublicKeyInfo (e.g. to see a key change). */
 int ztm_csr_key_pin(const ztm_csr_t *csr, uint8_t out[ZTM_PIN_LEN]);
+/* The role a CSR asks for in a ztm:// SAN URI (ZTM_ROLE_NONE when it asks
+ * for none: the CA decides the role anyway). A CSR that asks for a role is
+ * refused by callers when it is not the one granted. Returns 0,
+ * ZTM_CA_E_PARSE or ZTM_CA_E_ROLE (an unknown role, or two roles). */
+int ztm_csr_requested_role(const ztm_csr_t *csr, ztm_role_t *role);
 
 void ztm_csr_free(ztm_csr_t *csr);
 

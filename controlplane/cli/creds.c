@@ -77,12 +77,29 @@ int ztm_creds_enroll(ztm_api_t *api, ztm_ca_t *ca, const char *dir, const char *
     snprintf(path, sizeof(path), "%s/%s.key", dir, prefix);
     if ((r = ztm_key_save_file(key, path)) < 0)
         goto Exit;
-    *why = "writing the certificate";
-    snprintf(path, sizeof(path), "%s/%s.pem", dir, prefix);
-    if ((r = ztm_pem_save_file(path, issued.pem, issued.pem_len)) < 0)
-        goto Exit;
     *why = "writing the CA certificate";
     if ((r = ztm_ca_export(ca, &ca_pem, &ca_len, NULL, NULL)) < 0)
+        goto Exit;
+    *why = "writing the certificate";
+    snprintf(path, sizeof(path), "%s/%s.pem", dir, prefix);
+    if (role == ZTM_ROLE_HUB) {
+        /* A server presents its chain with the CA: a joiner, which has no CA
+         * yet, checks the CA's pin from its invite before sending the secret. */
+        size_t n = issued.pem_len + ca_len;
+        char *chain = malloc(n + 1);
+        if (!chain) {
+            r = -ENOMEM;
+            goto Exit;
+        }
+        memcpy(chain, issued.pem, issued.pem_len);
+        memcpy(chain + issued.pem_len, ca_pem, ca_len);
+        chain[n] = 0;
+        r = ztm_pem_save_file(path, chain, n);
+        free(chain);
+    } else {
+        r = ztm_pem_save_file(path, issued.pem, issued.pem_len);
+    }
+    if (r < 0)
         goto Exit;
     snprintf(path, sizeof(path), "%s/ca.pem", dir);
     r = ztm_pem_save_file(path, ca_pem, ca_len);

@@ -223,9 +223,10 @@ static void on_deadline(ztm_timer_t *t)
     gcall_t *call = (gcall_t *)((char *)t - offsetof(gcall_t, deadline));
     gconn_t *c = call->c;
     if (!call->answered) {
+        /* The answer ends our side of the stream; what the client may still
+         * send is consumed and dropped (an RST now would discard the
+         * queued answer before it leaves). */
         answer_status(call, ZTM_GRPC_DEADLINE_EXCEEDED, "deadline exceeded (grpc-timeout)");
-        if (!call->request_done)
-            ztm_h2_reset(c->h2, call->id, ZTM_H2_CANCEL);
     } else if (!call->finished) {
         watch_unlink(call);
         finish_with(call, ZTM_GRPC_DEADLINE_EXCEEDED, "deadline exceeded (grpc-timeout)");

@@ -375,6 +375,14 @@ void mesh_join(ztm_api_t *api, arena_t *a, const ztm_identity_t *caller,
                  "the certificate request names \"%.64s\", the invite is for %s", cn, inv.name);
         goto out;
     }
+    ztm_role_t asked;
+    if (ztm_csr_requested_role(csr, &asked) < 0 ||
+        (asked != ZTM_ROLE_NONE && asked != (ztm_role_t)inv.role)) {
+        api_fail(reply, ZTM_GRPC_PERMISSION_DENIED,
+                 "the certificate request asks for role %s, the invite is for %s",
+                 ztm_role_name(asked), ztm_role_name((ztm_role_t)inv.role));
+        goto out;
+    }
     ztm_store_op_t use;
     char id[33];
     Ztm__V1__Endpoint ep;
@@ -466,6 +474,13 @@ void mesh_renew(ztm_api_t *api, arena_t *a, const ztm_identity_t *caller,
     if (ztm_csr_common_name(csr, cn, sizeof(cn)) < 0 || (cn[0] && strcmp(cn, caller->name) != 0)) {
         api_fail(reply, ZTM_GRPC_PERMISSION_DENIED,
                  "the certificate request names \"%.64s\", the caller is %s", cn, caller->name);
+        goto out;
+    }
+    ztm_role_t asked;
+    if (ztm_csr_requested_role(csr, &asked) < 0 || (asked != ZTM_ROLE_NONE && asked != caller->role)) {
+        api_fail(reply, ZTM_GRPC_PERMISSION_DENIED,
+                 "the certificate request asks for role %s, the caller is %s",
+                 ztm_role_name(asked), ztm_role_name(caller->role));
         goto out;
     }
     /* A hub keeps its DNS and IP names. */
