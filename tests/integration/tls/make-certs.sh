@@ -44,7 +44,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1
+subjectAltName = DNS:localhost, DNS:server.ztm.test, IP:127.0.0.1
 authorityKeyIdentifier = keyid
 [ client ]
 basicConstraints = critical, CA:FALSE
