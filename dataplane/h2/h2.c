@@ -119,6 +119,7 @@ struct ztm_h2_session {
 
     /* peer's GOAWAY */
     bool goaway_recv;
+    uint64_t goaway_recv_at;
 
     /* keepalive and shutdown */
     uint64_t last_recv;
@@ -583,6 +584,8 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
         count_flood(s, "priority");
         break;
     case NGHTTP2_GOAWAY:
+        if (!s->goaway_recv)
+            s->goaway_recv_at = now_ns(s);
         s->goaway_recv = true;
         ztm_log(ZTM_LOG_DEBUG, "h2.goaway_recv", "conn=%llu error=%s last_stream=%d",
                 (unsigned long long)s->cfg.conn_id,
@@ -1034,6 +1037,12 @@ bool ztm_h2_want_write(const ztm_h2_session_t *s)
     if (s->phase == P_DEAD)
         return false;
     return s->spill_off < s->spill_len || nghttp2_session_want_write(s->ng);
+}
+
+bool ztm_h2_wait_peer_close(ztm_h2_session_t *s)
+{
+    return s->role == ZTM_H2_SERVER && s->goaway_recv &&
+           now_ns(s) - s->goaway_recv_at < 2000000000ull;
 }
 
 bool ztm_h2_idle(const ztm_h2_session_t *s)

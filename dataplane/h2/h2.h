@@ -182,6 +182,9 @@ bool ztm_h2_want_write(const ztm_h2_session_t *s);
  * received and no stream left, or a fatal error) and nothing is left to
  * write. */
 bool ztm_h2_idle(const ztm_h2_session_t *s);
+/* Server: the client ended the session with GOAWAY less than 2 s ago: let
+ * it close the transport first (its close_notify is then read). */
+bool ztm_h2_wait_peer_close(ztm_h2_session_t *s);
 
 /* Flags for ztm_h2_request / ztm_h2_respond. Without either, the head ends
  * the stream. */

@@ -13,7 +13,7 @@ void ztm_h2link_settle(ztm_h2_session_t *s, ztm_link_t *l, int err)
         ztm_log(ZTM_LOG_WARN, "h2.conn_error", "link=%llu peer=%s error=%s",
                 (unsigned long long)ztm_link_id(l), ztm_link_peer_str(l), ztm_h2_strerror(err));
         ztm_link_close(l, ztm_h2_strerror(err));
-    } else if (!ztm_h2_want_write(s) && ztm_h2_idle(s)) {
+    } else if (!ztm_h2_want_write(s) && ztm_h2_idle(s) && !ztm_h2_wait_peer_close(s)) {
         ztm_link_close(l, "done");
     }
 }
@@ -30,7 +30,7 @@ size_t ztm_h2link_produce(ztm_h2_session_t *s, ztm_link_t *l, uint8_t *buf, size
     size_t n = 0;
     if (!s || ztm_h2_flush(s, buf, cap, &n) < 0)
         return 0;
-    if (!n && ztm_h2_idle(s))
+    if (!n && ztm_h2_idle(s) && !ztm_h2_wait_peer_close(s))
         ztm_link_close(l, "done");
     return n;
 }

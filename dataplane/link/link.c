@@ -159,10 +159,17 @@ void ztm_link_abort(ztm_link_t *l, const char *reason)
     become_dead(l, reason, true);
 }
 
+static bool arm_ctl_recv(ztm_link_t *l);
+
 static void arm_linger_recv(ztm_link_t *l)
 {
     if (l->recv_op.inflight)
         return;
+    if (l->ctl_mode) { /* kTLS: the peer's close_notify is a control record */
+        if (!arm_ctl_recv(l))
+            become_dead(l, NULL, false);
+        return;
+    }
     ztm_bufring_t *br = ztm_worker_bufring(l->w);
     struct io_uring_sqe *sqe = ztm_worker_sqe(l->w, &l->recv_op);
     io_uring_prep_recv(sqe, l->fd, NULL, ztm_bufring_buf_size(br), 0);
@@ -192,10 +199,14 @@ static void on_recv_linger(ztm_link_t *l, int res, uint32_t flags)
         ztm_bufring_take(br, bid);
         ztm_bufring_put(br, bid);
     }
-    if (res > 0 || res == -ENOBUFS)
+    if (res == -EIO && l->ktls) {
+        l->ctl_mode = true; /* kTLS: a control record is next; RECVMSG it */
         arm_linger_recv(l);
-    else
+    } else if (res > 0 || res == -ENOBUFS) {
+        arm_linger_recv(l);
+    } else {
         become_dead(l, NULL, false);
+    }
 }
 
 void ztm_link_close(ztm_link_t *l, const char *reason)
@@ -281,7 +292,15 @@ static void on_recv(ztm_worker_t *w, ztm_op_t *op, int res, uint32_t flags)
 {
     ztm_link_t *l = (ztm_link_t *)((char *)op - offsetof(ztm_link_t, recv_op));
     if (l->state == L_LINGER) {
-        l->recv_ctl = false;
+        if (l->recv_ctl) { /* the control record is consumed: keep dropping */
+            l->recv_ctl = false;
+            l->ctl_mode = false;
+            if (res > 0)
+                arm_linger_recv(l);
+            else
+                become_dead(l, NULL, false);
+            return;
+        }
         on_recv_linger(l, res, flags);
         return;
     }
@@ -312,6 +331,25 @@ static void on_recv(ztm_worker_t *w, ztm_op_t *op, int res, uint32_t flags)
     }
 }
 
+/* kTLS: one RECVMSG with a control buffer for the record that made RECV
+ * fail with EIO. False when out of memory. */
+static bool arm_ctl_recv(ztm_link_t *l)
+{
+    if (!l->ctl_buf && !(l->ctl_buf = malloc(CTL_BUF_CAP)))
+        return false;
+    l->ctl_iov.iov_base = l->ctl_buf;
+    l->ctl_iov.iov_len = CTL_BUF_CAP;
+    memset(&l->ctl_msg, 0, sizeof(l->ctl_msg));
+    l->ctl_msg.msg_iov = &l->ctl_iov;
+    l->ctl_msg.msg_iovlen = 1;
+    l->ctl_msg.msg_control = l->ctl_cmsg;
+    l->ctl_msg.msg_controllen = sizeof(l->ctl_cmsg);
+    struct io_uring_sqe *sqe = ztm_worker_sqe(l->w, &l->recv_op);
+    io_uring_prep_recvmsg(sqe, l->fd, &l->ctl_msg, 0);
+    l->recv_ctl = true;
+    return true;
+}
+
 static void arm_recv(ztm_link_t *l)
 {
     if (l->recv_op.inflight || (l->state != L_OPEN && l->state != L_HANDSHAKE))
@@ -337,20 +375,8 @@ static void arm_recv(ztm_link_t *l)
         return;
     }
     if (l->ctl_mode) {
-        if (!l->ctl_buf && !(l->ctl_buf = malloc(CTL_BUF_CAP))) {
+        if (!arm_ctl_recv(l))
             become_dead(l, "out of memory", true);
-            return;
-        }
-        l->ctl_iov.iov_base = l->ctl_buf;
-        l->ctl_iov.iov_len = CTL_BUF_CAP;
-        memset(&l->ctl_msg, 0, sizeof(l->ctl_msg));
-        l->ctl_msg.msg_iov = &l->ctl_iov;
-        l->ctl_msg.msg_iovlen = 1;
-        l->ctl_msg.msg_control = l->ctl_cmsg;
-        l->ctl_msg.msg_controllen = sizeof(l->ctl_cmsg);
-        sqe = ztm_worker_sqe(l->w, &l->recv_op);
-        io_uring_prep_recvmsg(sqe, l->fd, &l->ctl_msg, 0);
-        l->recv_ctl = true;
         return;
     }
     ztm_bufring_t *br = ztm_worker_bufring(l->w);
@@ -458,6 +484,9 @@ static void flush(ztm_link_t *l)
                 l->want_write = false;
             l->out_len += (uint32_t)n;
         }
+        /* produce may have closed the link, and that flushed already */
+        if (l->send_op.inflight || l->state == L_DEAD || l->state == L_LINGER)
+            return;
         if (l->out_len > l->out_off) {
             sqe = ztm_worker_sqe(l->w, &l->send_op);
             io_uring_prep_send(sqe, l->fd, l->out + l->out_off, l->out_len - l->out_off, MSG_NOSIGNAL);
@@ -468,7 +497,8 @@ static void flush(ztm_link_t *l)
     }
     if (l->state == L_OPEN || l->state == L_CLOSING)
         produce_tls(l);
-    if (l->state == L_DEAD)
+    /* produce may have closed the link, and that flushed already */
+    if (l->send_op.inflight || l->state == L_DEAD || l->state == L_LINGER)
         return;
     /* close_notify goes after everything the upper layer had to say. */
     if (l->state == L_CLOSING && !l->want_write && !l->carry_len && !l->notify_queued &&

@@ -1,8 +1,9 @@
 #!/bin/busybox sh
 # /init of the kTLS test VM (Debian's 6.1 kernel under QEMU; see
-# run-ktls-vm.sh). Loads the kernel TLS modules, runs ztm-tlsprobe through
-# the kernel path, checks /proc/net/tls_stat around every case, prints
-# "KTLSVM ..." lines on the serial console and powers off.
+# run-ktls-vm.sh). Loads the kernel TLS modules, runs ztm-tlsprobe and the
+# product itself (`ztm h2-test` server and client: io_uring link layer,
+# HTTP/2) through the kernel path, checks /proc/net/tls_stat around every
+# case, prints "KTLSVM ..." lines on the serial console and powers off.
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -30,6 +31,11 @@ fail=0
 failed=""
 
 tlsstat() { awk -v k="$1" '$1 == k { print $2 }' /proc/net/tls_stat; }
+# tcpext NAME: a TcpExt counter from /proc/net/netstat
+tcpext() {
+  awk -v k="$1" '$1 == "TcpExt:" { if (!h) { for (i = 2; i <= NF; i++) n[i] = $i; h = 1 }
+    else for (i = 2; i <= NF; i++) if (n[i] == k) print $i }' /proc/net/netstat
+}
 
 # expect FILE REGEX: the file has a line matching REGEX
 expect() {
@@ -48,6 +54,7 @@ kernel_sides() {
   [ "$tx" -eq "$1" ] && [ "$rx" -eq "$1" ] && [ "$de" -eq 0 ]
 }
 
+SANITIZER_RE='runtime error:|(Address|Leak|UndefinedBehavior|Thread)Sanitizer'
 run() {
   name=$1
   O=/tmp/$name.out
@@ -55,12 +62,22 @@ run() {
   tx0=$(tlsstat TlsTxSw)
   rx0=$(tlsstat TlsRxSw)
   de0=$(tlsstat TlsDecryptError)
+  rm -f /tmp/$name.*
   t0=$(date +%s)
-  if "t_$name"; then r=ok; pass=$((pass + 1)); else r=FAIL; fail=$((fail + 1)); failed="$failed $name"; fi
+  if "t_$name"; then r=ok; else r=FAIL; fi
   t1=$(date +%s)
-  grep -h '^tlsprobe\|^RESULT\|^sha256' "$O" 2>/dev/null | sed 's/^/KTLSVM   /'
+  grep -h '^tlsprobe\|^RESULT\|^sha256\|^h2case' "$O" 2>/dev/null | sed 's/^/KTLSVM   /'
+  # a sanitizer build (ZTM_SANITIZE) reports on stderr: any report fails the case
+  if grep -Eqs "$SANITIZER_RE" "$E" /tmp/$name.*.log; then
+    grep -Ehs "$SANITIZER_RE" "$E" /tmp/$name.*.log | head -n 5 | sed 's/^/KTLSVM   sanitizer: /'
+    r=FAIL
+  fi
+  if [ $r = ok ]; then pass=$((pass + 1)); else fail=$((fail + 1)); failed="$failed $name"; fi
   if [ $r = FAIL ]; then
     tail -n 15 "$E" 2>/dev/null | sed 's/^/KTLSVM   stderr: /'
+    for f in /tmp/$name.server.log /tmp/$name.client*.log; do
+      [ -r "$f" ] && tail -n 8 "$f" | sed "s|^|KTLSVM   $(basename "$f" .log): |"
+    done
   fi
   say "case=$name result=$r seconds=$((t1 - t0))"
 }
@@ -158,9 +175,12 @@ t_close_notify() {
 
 # (d) a user-space peer sends KeyUpdate; this kernel cannot follow: the kTLS
 # side stops with rekey_needed, sends close_notify, and the peer sees a
-# clean close
+# clean close. The client has 16 MiB to send, more than the loopback socket
+# buffers hold: with only 4 MiB it could, about one run in ten, have every
+# byte queued and the server's 4 MiB read before the server reached the
+# KeyUpdate, and then end with close_notify instead of peer_closed_early.
 t_key_update() {
-  $P pair --certs $C --bytes 4M --server-ktls on --client-ktls off --client-key-update-at 1M \
+  $P pair --certs $C --bytes 4M --client-bytes 16M --server-ktls on --client-ktls off --client-key-update-at 1M \
     --server-expect-close rekey_needed --client-expect-close peer_closed_early >$O 2>$E
   expect $O "side=server .*$KT .*close=rekey_needed .*result=ok" &&
     expect $O "side=client .*$UT .*close=peer_closed_early .*result=ok" &&
@@ -176,8 +196,191 @@ t_record_limit() {
     expect $E "event=tls.record_limit role=server records=[0-9]+ limit=64" && kernel_sides 2
 }
 
+# ---- the product: `ztm h2-test` (io_uring link layer + nghttp2) ----------------
+# One server per case (log in /tmp/NAME.server.log), clients run one after
+# the other against it; every client checks every byte it gets back. At the
+# end of the case the server gets SIGTERM and must exit 0.
+Z=/probe/ztm
+ZS="--cert $C/server.pem --key $C/server.key --ca $C/ca.pem"
+ZC="--cert $C/client.pem --key $C/client.key --ca $C/ca.pem --sni localhost"
+MiB=1048576
+
+# h2_server MODE [ARGS...]: starts the server, sets spid, port, SL and nconn
+h2_server() {
+  SL=/tmp/$name.server.log
+  nconn=0
+  echo "h2case server --ktls $*" >>$O
+  $Z h2-test server --listen 127.0.0.1:0 --workers 1 $ZS --ktls "$@" >/dev/null 2>$SL &
+  spid=$!
+  i=0
+  while ! grep -q 'event=h2test.listen' $SL && [ -d /proc/$spid ] && [ $i -lt 100 ]; do
+    sleep 0.1
+    i=$((i + 1))
+  done
+  port=$(sed -n 's/.*event=h2test.listen addr=[0-9.]*:\([0-9]*\) .*/\1/p' $SL | head -1)
+  [ -n "$port" ] && return 0
+  say "  the h2-test server did not start"
+  return 1
+}
+
+# running PID: true while PID has not exited (zombies count as exited)
+running() {
+  [ -r /proc/$1/stat ] && [ "$(cut -d' ' -f3 /proc/$1/stat 2>/dev/null)" != Z ]
+}
+
+# h2_client MODE KERNEL_SOCKETS EXPECT_LAYER ARGS...: one client run against
+# the server: exit 0 with an "ok" line naming EXPECT_LAYER, both ends'
+# tls.established with the right record layer, KERNEL_SOCKETS sockets'
+# TX and RX put into the kernel, nothing failing to decrypt; then the
+# server's link.close for this connection with a reason matching CLOSE_OK,
+# and no TCP reset at the end: TcpExt TCPAbortOnClose (closed with unread
+# input) and TCPAbortOnData (bytes arrived after close, or SO_LINGER 0)
+# unchanged, since both ends close gracefully.
+h2_client() {
+  cmode=$1 ksock=$2 clayer=$3
+  shift 3
+  nconn=$((nconn + 1))
+  CL=/tmp/$name.client$nconn.log
+  htx0=$(tlsstat TlsTxSw) hrx0=$(tlsstat TlsRxSw) hde0=$(tlsstat TlsDecryptError)
+  aoc0=$(tcpext TCPAbortOnClose) aod0=$(tcpext TCPAbortOnData)
+  ct0=$(cut -d' ' -f1 /proc/uptime)
+  $Z h2-test client --connect 127.0.0.1:$port $ZC --ktls "$cmode" --timeout 60 "$@" >/tmp/client.out 2>$CL
+  crc=$?
+  ct1=$(cut -d' ' -f1 /proc/uptime)
+  sed "s/^/h2case client$nconn --ktls $cmode $* exit=$crc secs=$(awk "BEGIN{print $ct1-$ct0}"): /" /tmp/client.out >>$O
+  # the server's side of this connection: its link.close, at most 10 s
+  i=0
+  while [ "$(grep -c 'event=link.close' $SL)" -lt $nconn ] && [ $i -lt 100 ]; do
+    sleep 0.1
+    i=$((i + 1))
+  done
+  htx=$(($(tlsstat TlsTxSw) - htx0)) hrx=$(($(tlsstat TlsRxSw) - hrx0)) hde=$(($(tlsstat TlsDecryptError) - hde0))
+  sleep 0.2 # let a reset, if any, land
+  aoc=$(($(tcpext TCPAbortOnClose) - aoc0)) aod=$(($(tcpext TCPAbortOnData) - aod0))
+  echo "h2case client$nconn tls_stat TlsTxSw+$htx TlsRxSw+$hrx TlsDecryptError+$hde; TcpExt TCPAbortOnClose+$aoc TCPAbortOnData+$aod" >>$O
+  slayer=user
+  [ "$SMODE" != off ] && slayer=kernel
+  [ "$cmode" = off ] && clayer_log=user || clayer_log=kernel
+  sest=$(grep 'event=tls.established' $SL | sed -n "${nconn}p")
+  sclose=$(grep 'event=link.close' $SL | sed -n "${nconn}p")
+  echo "h2case client$nconn server: ${sest#*event=}" >>$O
+  echo "h2case client$nconn server: ${sclose#*event=}" >>$O
+  grep 'event=link.close' $CL | sed "s/^.*event=/h2case client$nconn client: /" >>$O
+  ok=1
+  [ $crc -eq 0 ] || { say "  client$nconn exited $crc"; ok=0; }
+  expect /tmp/client.out "^ok requests=[0-9]+ .* record_layer=$clayer sha256=[0-9a-f]{64}$" || ok=0
+  expect $CL "event=tls.established role=client .* record_layer=$clayer_log " || ok=0
+  case "$sest" in
+  *"role=server "*"record_layer=$slayer "*) ;;
+  *) say "  server: connection $nconn not established with record_layer=$slayer"; ok=0 ;;
+  esac
+  if ! echo "$sclose" | grep -Eq "$CLOSE_OK"; then
+    say "  server: connection $nconn did not end with $CLOSE_OK: ${sclose:-no link.close within 10 s}"
+    ok=0
+  fi
+  if [ "$aoc" -ne 0 ] || [ "$aod" -ne 0 ]; then
+    say "  connection $nconn ended with a TCP reset: TCPAbortOnClose+$aoc TCPAbortOnData+$aod"
+    ok=0
+  fi
+  if [ "$htx" -ne "$ksock" ] || [ "$hrx" -ne "$ksock" ] || [ "$hde" -ne 0 ]; then
+    say "  tls_stat: expected TlsTxSw+$ksock TlsRxSw+$ksock TlsDecryptError+0"
+    ok=0
+  fi
+  if grep -Eq 'level=(error|warn)' $CL; then
+    grep -E 'level=(error|warn)' $CL | head -5 | sed 's/^/KTLSVM   client log: /'
+    ok=0
+  fi
+  [ $ok -eq 1 ]
+}
+
+# h2_stop: SIGTERM to the server, which must exit 0 within 15 s with no
+# warning or error logged and every kTLS socket released
+h2_stop() {
+  kill -TERM $spid
+  i=0
+  while running $spid && [ $i -lt 150 ]; do
+    sleep 0.1
+    i=$((i + 1))
+  done
+  if running $spid; then
+    say "  server still running 15 s after SIGTERM"
+    kill -KILL $spid
+    wait $spid
+    return 1
+  fi
+  wait $spid
+  src=$?
+  echo "h2case server exit=$src after SIGTERM, $nconn connections" >>$O
+  ok=1
+  [ $src -eq 0 ] || { say "  server exited $src after SIGTERM"; ok=0; }
+  if grep -Eq 'level=(error|warn)' $SL; then
+    grep -E 'level=(error|warn)' $SL | head -5 | sed 's/^/KTLSVM   server log: /'
+    ok=0
+  fi
+  ctx=$(tlsstat TlsCurrTxSw) crx=$(tlsstat TlsCurrRxSw)
+  if [ "$ctx" -ne 0 ] || [ "$crx" -ne 0 ]; then
+    say "  kTLS sockets left open: TlsCurrTxSw=$ctx TlsCurrRxSw=$crx"
+    ok=0
+  fi
+  [ $ok -eq 1 ]
+}
+
+# h2_case SMODE CMODE KSOCK CLAYER GET_REQS GET_SIZE POST_REQS POST_SIZE
+h2_case() {
+  SMODE=$1
+  CLOSE_OK='reason="(done|peer_closed)"' # clean; the close itself is case (h)
+  h2_server "$1" || return 1
+  r=0
+  h2_client "$2" "$3" "$4" --requests "$5" --streams 4 --get-size "$6" || r=1
+  h2_client "$2" "$3" "$4" --requests "$7" --streams 4 --post-size "$8" || r=1
+  h2_stop || r=1
+  return $r
+}
+
+# (f) both ends in the kernel: GET 16 MiB and POST-echo 16 MiB (16 MiB each way)
+t_h2_kernel() { h2_case on on 2 kernel 16 $MiB 16 $MiB; }
+# (g) mixed: kernel on one end, BoringSSL on the other
+t_h2_mixed_server_kernel() { h2_case on off 1 user 8 524288 8 524288; }
+t_h2_mixed_client_kernel() { h2_case off on 1 kernel 8 524288 8 524288; }
+# (h) the graceful end. The client, done, sends GOAWAY, then close_notify (a
+# TLS alert record) and FIN: under kTLS the server's RECV fails with EIO at
+# that record, the link re-reads it with RECVMSG and must close with reason
+# peer_closed (not "truncated..." or an error). Then a peer that sends
+# close_notify while the server's HTTP/2 session is still open (ztm-tlsprobe,
+# kTLS too): the same, and the server must answer with its own close_notify.
+# Finally SIGTERM: exit 0.
+t_h2_graceful_close() {
+  SMODE=on
+  CLOSE_OK='reason="peer_closed"'
+  h2_server on --log-level debug || return 1
+  r=0
+  h2_client on 2 kernel --requests 4 --streams 2 --get-size 65536 || r=1
+  nconn=$((nconn + 1))
+  $P client --certs $C --connect 127.0.0.1:$port --ktls on --bytes 0 --expect-close close_notify \
+    >/tmp/probe.out 2>>$E
+  sed "s/^/h2case probe (exit $?): /" /tmp/probe.out >>$O
+  i=0
+  while [ "$(grep -c 'event=link.close' $SL)" -lt $nconn ] && [ $i -lt 100 ]; do
+    sleep 0.1
+    i=$((i + 1))
+  done
+  sclose=$(grep 'event=link.close' $SL | sed -n "${nconn}p")
+  echo "h2case probe server: ${sclose#*event=}" >>$O
+  expect /tmp/probe.out "side=client .* ktls_tx=1 ktls_rx=1 sent=0 .* close=close_notify " || r=1
+  if ! echo "$sclose" | grep -Eq "$CLOSE_OK"; then
+    say "  server: the probe's connection did not end with $CLOSE_OK: ${sclose:-no link.close within 10 s}"
+    r=1
+  fi
+  h2_stop || r=1
+  return $r
+}
+
+# (i) --ktls auto on both ends on a kernel that has it: the kernel is chosen
+t_h2_auto() { h2_case auto auto 2 kernel 16 $MiB 16 $MiB; }
+
 ALL="aes128_gcm chacha20_poly1305 aes256_gcm_server aes256_gcm_client mixed_server_kernel
-  mixed_client_kernel close_notify key_update record_limit"
+  mixed_client_kernel close_notify key_update record_limit
+  h2_kernel h2_mixed_server_kernel h2_mixed_client_kernel h2_graceful_close h2_auto"
 # ztm.cases=a,b on the kernel command line runs only those (for debugging)
 only=$(sed -n 's/.*ztm\.cases=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
 T0=$(date +%s)

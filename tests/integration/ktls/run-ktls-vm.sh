@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # kTLS for real: boots Debian's 6.1 kernel (CONFIG_TLS=m) under QEMU software
-# emulation with an initramfs holding busybox, ztm-tlsprobe with the shared
-# libraries it needs (at the paths ldd names, BoringSSL's android/ folder
-# included), the openssl CLI, the test certificates, and the kernel's TLS and
+# emulation with an initramfs holding busybox, ztm-tlsprobe and ztm (the
+# product: `ztm h2-test`) with the shared libraries they need (at the paths
+# ldd names: liburing, libnghttp2, BoringSSL's android/ folder, and the
+# sanitizer runtimes in a sanitizer build), the openssl CLI, the test certificates, and the kernel's TLS and
 # crypto modules; guest-init.sh runs the cases and prints KTLSVM lines on the
 # serial console. This script fails (never skips) when the VM cannot run,
 # and says why.
 #
-# Usage: run-ktls-vm.sh PROBE CERTDIR WORKDIR
+# Usage: run-ktls-vm.sh PROBE ZTM CERTDIR WORKDIR
 # Env:   ZTM_KTLS_KERNEL=/boot/vmlinuz-...   pick the kernel (default: the
 #        newest /boot/vmlinuz-6.1.* whose modules include net/tls)
 #        ZTM_KTLS_VM_TIMEOUT=seconds         (default 240)
 #        ZTM_KTLS_CASES=a,b                  run only these guest cases
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-probe=${1:?usage: run-ktls-vm.sh PROBE CERTDIR WORKDIR}
-certs=${2:?usage}
-work=${3:?usage}
+probe=${1:?usage: run-ktls-vm.sh PROBE ZTM CERTDIR WORKDIR}
+ztm=${2:?usage}
+certs=${3:?usage}
+work=${4:?usage}
 timeout_s=${ZTM_KTLS_VM_TIMEOUT:-240}
 
 fail() {
@@ -33,6 +35,7 @@ busybox=/bin/busybox
 [ -x $busybox ] || fail "$busybox not found (apt-get install busybox-static)"
 ldd $busybox >/dev/null 2>&1 && fail "$busybox is not static (apt-get install busybox-static)"
 [ -x "$probe" ] || fail "probe binary $probe not built"
+[ -x "$ztm" ] || fail "ztm binary $ztm not built"
 [ -r "$certs/ca.pem" ] || fail "no certificates in $certs (the tls_certs fixture makes them)"
 
 kernel=${ZTM_KTLS_KERNEL:-}
@@ -72,6 +75,7 @@ copy_with_libs() {
 
 cp $busybox "$root/bin/busybox"
 copy_with_libs "$probe" /probe/ztm-tlsprobe
+copy_with_libs "$ztm" /probe/ztm
 copy_with_libs "$(command -v openssl)" /bin/openssl
 cp -L /etc/ssl/openssl.cnf "$root/etc/ssl/openssl.cnf" 2>/dev/null &&
   ln -s /etc/ssl/openssl.cnf "$root/usr/lib/ssl/openssl.cnf"
@@ -85,7 +89,7 @@ cp "$here/guest-init.sh" "$root/init" && chmod +x "$root/init"
 
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz" ||
   fail "cannot build the initramfs"
-echo "ktls-vm: kernel $kernel, initramfs $(du -h "$work/initrd.gz" | cut -f1), probe $probe"
+echo "ktls-vm: kernel $kernel, initramfs $(du -h "$work/initrd.gz" | cut -f1), probe $probe, ztm $ztm"
 
 # ---- boot ------------------------------------------------------------------------
 log=$work/serial.log
