@@ -75,7 +75,11 @@ struct ztm_link {
     ztm_addr_t peer;
 };
 
-static __thread uint8_t scratch[SCRATCH_CAP];
+/* Per worker: decrypted input on its way up, and plaintext on its way down.
+ * Two buffers, because an upper layer may ask to write (and so produce)
+ * while it is still parsing the input it was handed. */
+static __thread uint8_t scratch_in[SCRATCH_CAP];
+static __thread uint8_t scratch_out[SCRATCH_CAP];
 static __thread uint64_t next_link_seq;
 
 static void drive(ztm_link_t *l);
@@ -449,19 +453,19 @@ static void produce_tls(ztm_link_t *l)
         }
         if (!l->want_write)
             return;
-        size_t n = l->upper->produce(l, l->user, scratch, sizeof(scratch));
+        size_t n = l->upper->produce(l, l->user, scratch_out, sizeof(scratch_out));
         if (!n) {
             l->want_write = false;
             return;
         }
-        if (!tls_take(l, scratch, n, &taken))
+        if (!tls_take(l, scratch_out, n, &taken))
             return;
         if (taken < n) {
             if (!l->carry && !(l->carry = malloc(SCRATCH_CAP))) {
                 become_dead(l, "out of memory", true);
                 return;
             }
-            memcpy(l->carry, scratch + taken, n - taken);
+            memcpy(l->carry, scratch_out + taken, n - taken);
             l->carry_off = 0;
             l->carry_len = (uint32_t)(n - taken);
             return;
@@ -580,9 +584,9 @@ static void drive(ztm_link_t *l)
         opened(l);
     }
     while (l->state == L_OPEN && !l->raw) {
-        ssize_t n = ztm_tls_read(l->tls, scratch, sizeof(scratch));
+        ssize_t n = ztm_tls_read(l->tls, scratch_in, sizeof(scratch_in));
         if (n > 0) {
-            deliver(l, scratch, (size_t)n);
+            deliver(l, scratch_in, (size_t)n);
             continue;
         }
         if (n == 0) {
