@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 #include <openssl/x509.h>
 #include "ztm/v1/mesh.pb-c.h"
 #include "ztm/v1/services.pb-c.h"
+#include "ztm/v1/watch.pb-c.h"
 
 /* ---- talking to the controller ---------------------------------------- */
 typedef struct {
@@ -466,6 +468,167 @@ int ztm_cmd_get(int argc, char **argv)
     if (r)
         return r;
     return ep ? get_endpoints(cmd, &a, json) : get_services(cmd, &a, json);
+}
+
+/* ---- ztm watch ------------------------------------------------------------ */
+typedef struct {
+    bool json;
+    unsigned long events;
+} watch_out_t;
+
+static const char *event_type(Ztm__V1__WatchEvent__Type t)
+{
+    switch (t) {
+    case ZTM__V1__WATCH_EVENT__TYPE__TYPE_PUT:
+        return "PUT";
+    case ZTM__V1__WATCH_EVENT__TYPE__TYPE_DELETE:
+        return "DELETE";
+    case ZTM__V1__WATCH_EVENT__TYPE__TYPE_RESET:
+        return "RESET";
+    case ZTM__V1__WATCH_EVENT__TYPE__TYPE_SYNCED:
+        return "SYNCED";
+    case ZTM__V1__WATCH_EVENT__TYPE__TYPE_HEARTBEAT:
+        return "HEARTBEAT";
+    default:
+        return "UNKNOWN";
+    }
+}
+
+/* One line per event: what changed, with its version (the resume point). */
+static int on_watch_event(void *arg, const uint8_t *msg, size_t len)
+{
+    watch_out_t *w = arg;
+    Ztm__V1__WatchEvent *ev = ztm__v1__watch_event__unpack(NULL, len, msg);
+    if (!ev) {
+        fprintf(stderr, "ztm watch: error: an event does not parse\n");
+        return 1;
+    }
+    const char *kind = "-", *name = "", *id = "";
+    switch (ev->object_case) {
+    case ZTM__V1__WATCH_EVENT__OBJECT_ENDPOINT:
+        kind = "endpoint", name = ev->endpoint->name, id = ev->endpoint->id;
+        break;
+    case ZTM__V1__WATCH_EVENT__OBJECT_SERVICE:
+        kind = "service", name = ev->service->name;
+        break;
+    case ZTM__V1__WATCH_EVENT__OBJECT_REVOCATION:
+        kind = "revocation", name = ev->revocation->endpoint_name, id = ev->revocation->serial;
+        break;
+    case ZTM__V1__WATCH_EVENT__OBJECT_HUB:
+        kind = "hub", name = ev->hub->name, id = ev->hub->id;
+        break;
+    default:
+        break;
+    }
+    if (w->json) {
+        printf("{\"version\": %" PRIu64 ", \"type\": \"%s\", \"kind\": \"%s\", \"name\": ",
+               ev->version, event_type(ev->type), kind);
+        json_str(name);
+        printf(", \"id\": ");
+        json_str(id);
+        printf("}\n");
+    } else {
+        printf("%-8" PRIu64 " %-9s %-10s %s%s%s\n", ev->version, event_type(ev->type), kind, name,
+               *id ? " " : "", id);
+    }
+    fflush(stdout);
+    w->events++;
+    ztm__v1__watch_event__free_unpacked(ev, NULL);
+    return 0;
+}
+
+int ztm_cmd_watch(int argc, char **argv)
+{
+    const char *cmd = "watch";
+    static const char usage[] =
+        "Usage: ztm watch [--from VERSION] [--topic endpoints|services|revocations|hubs]...\n"
+        "                 [-o text|json] [--controller ADDR]\n"
+        "\n"
+        "Follows the mesh's change stream: one line per change (version, PUT or\n"
+        "DELETE, what changed), until Ctrl-C. Without --from it starts with a\n"
+        "snapshot (RESET, the current objects, SYNCED); --from VERSION resumes after\n"
+        "that version with nothing missed or repeated.\n";
+    static const struct option opts[] = {{"from", required_argument, NULL, 'f'},
+                                         {"topic", required_argument, NULL, 't'},
+                                         {"output", required_argument, NULL, 'o'},
+                                         {"controller", required_argument, NULL, 'c'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {0}};
+    Ztm__V1__SubscribeRequest req = ZTM__V1__SUBSCRIBE_REQUEST__INIT;
+    Ztm__V1__Topic topics[4];
+    watch_out_t w = {0};
+    const char *controller = NULL;
+    unsigned long v;
+    opterr = 0;
+    optind = 1;
+    int o;
+    while ((o = getopt_long(argc, argv, ":ho:", opts, NULL)) != -1) {
+        switch (o) {
+        case 'f':
+            if (!ztm_flag_ulong(optarg, 0, ULONG_MAX, &v))
+                return ztm_cli_usage_error(cmd, "--from '%s': expected a version number", optarg);
+            req.after_version = v;
+            break;
+        case 't': {
+            Ztm__V1__Topic t;
+            if (strcmp(optarg, "endpoints") == 0)
+                t = ZTM__V1__TOPIC__TOPIC_ENDPOINTS;
+            else if (strcmp(optarg, "services") == 0)
+                t = ZTM__V1__TOPIC__TOPIC_SERVICES;
+            else if (strcmp(optarg, "revocations") == 0)
+                t = ZTM__V1__TOPIC__TOPIC_REVOCATIONS;
+            else if (strcmp(optarg, "hubs") == 0)
+                t = ZTM__V1__TOPIC__TOPIC_HUBS;
+            else
+                return ztm_cli_usage_error(cmd, "--topic '%s': expected endpoints, services, revocations or hubs",
+                                           optarg);
+            if (req.n_topics < 4)
+                topics[req.n_topics++] = t;
+            break;
+        }
+        case 'o':
+            if (strcmp(optarg, "json") == 0)
+                w.json = true;
+            else if (strcmp(optarg, "text") != 0 && strcmp(optarg, "table") != 0)
+                return ztm_cli_usage_error(cmd, "-o '%s': expected text or json", optarg);
+            break;
+        case 'c':
+            controller = optarg;
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            return ZTM_EXIT_OK;
+        case ':':
+            return ztm_cli_usage_error(cmd, "%s needs a value", argv[optind - 1]);
+        default:
+            return ztm_cli_usage_error(cmd, "unknown option '%s' (see 'ztm watch --help')", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return ztm_cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    req.topics = topics;
+    admin_t a;
+    int r = admin_open(cmd, controller, &a);
+    if (r)
+        return r;
+    a.t.timeout_ns = 0; /* a watch has no deadline */
+    size_t len = protobuf_c_message_get_packed_size(&req.base);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        return ZTM_EXIT_FAIL;
+    protobuf_c_message_pack(&req.base, buf);
+    ztm_grpc_result_t res;
+    r = ztm_grpc_stream(&a.t, "/ztm.v1.Watch/Subscribe", buf, len, on_watch_event, &w, &res);
+    free(buf);
+    if (r < 0) {
+        fprintf(stderr, "ztm watch: error: cannot use the credentials in %s (%s)\n", a.dir, ztm_tls_strerror(r));
+        return ZTM_EXIT_FAIL;
+    }
+    if (res.status == ZTM_GRPC_CANCELLED && strcmp(res.message, "interrupted") == 0)
+        return ZTM_EXIT_OK; /* Ctrl-C */
+    fprintf(stderr, "ztm watch: the stream ended: %s: %s [controller %s]\n",
+            ztm_grpc_status_name(res.status), res.message, a.controller);
+    return res.status == ZTM_GRPC_OK ? ZTM_EXIT_OK : ZTM_EXIT_FAIL;
 }
 
 /* ---- ztm ca init|show ------------------------------------------------------ */

@@ -31,6 +31,10 @@ typedef struct {
     bool have_status, have_body;
     ztm_timer_t deadline;
     bool done;
+    ztm_grpc_message_cb on_message; /* server-streaming: each message */
+    void *cb_arg;
+    bool stopped;                   /* the callback asked to stop */
+    int32_t stream_id;
 } call_t;
 
 /* Records a local failure: the message is WHAT followed by DETAIL. */
@@ -84,7 +88,15 @@ static void on_data(ztm_h2_session_t *h, void *user, int32_t id, void *sdata, co
         }
         data += n;
         len -= (size_t)n;
-        if (ready && !c->have_body) {
+        if (ready && c->on_message) {
+            c->have_body = true;
+            if (!c->stopped && c->on_message(c->cb_arg, msg.data, msg.len)) {
+                c->stopped = true;
+                fail(c, ZTM_GRPC_CANCELLED, "stopped by the client", "");
+                ztm_h2_reset(h, id, ZTM_H2_CANCEL);
+                return;
+            }
+        } else if (ready && !c->have_body) {
             c->out->body = malloc(msg.len ? msg.len : 1);
             if (c->out->body) {
                 memcpy(c->out->body, msg.data, msg.len);
@@ -127,7 +139,7 @@ static void on_stream_close(ztm_h2_session_t *h, void *user, int32_t id, void *s
             fail(c, ZTM_GRPC_UNKNOWN, "the server answered HTTP ", code);
         } else if (!c->have_status) {
             fail(c, ZTM_GRPC_UNAVAILABLE, error_code ? "the server reset the call" : "the call ended without a status", "");
-        } else if (c->out->status == ZTM_GRPC_OK && !c->have_body) {
+        } else if (c->out->status == ZTM_GRPC_OK && !c->have_body && !c->on_message) {
             fail(c, ZTM_GRPC_INTERNAL, "OK without a response message", "");
         } else {
             c->done = true;
@@ -158,17 +170,18 @@ static int on_open(ztm_link_t *l, void *user)
     if (r < 0)
         return r;
     char timeout[ZTM_GRPC_TIMEOUT_MAX];
-    size_t tl = ztm_grpc_timeout_format(c->t->timeout_ns, timeout);
+    size_t tl = c->t->timeout_ns ? ztm_grpc_timeout_format(c->t->timeout_ns, timeout) : 0;
     ztm_h2_header_t hd[] = {
         {"content-type", 12, "application/grpc", 16},
         {"te", 2, "trailers", 8},
-        {"grpc-timeout", 12, timeout, tl},
         {"user-agent", 10, "ztm/" ZTM_VERSION, 4 + strlen(ZTM_VERSION)},
+        {"grpc-timeout", 12, timeout, tl},
     };
     ztm_h2_msg_t req = {.method = "POST", .scheme = "https",
                         .authority = c->t->sni ? c->t->sni : "ztm", .path = c->path,
-                        .headers = hd, .n_headers = 4};
-    if (ztm_h2_request(c->h2, &req, ZTM_H2_BODY, NULL) < 0)
+                        .headers = hd, .n_headers = tl ? 4 : 3};
+    c->stream_id = ztm_h2_request(c->h2, &req, ZTM_H2_BODY, NULL);
+    if (c->stream_id < 0)
         return -EPROTO;
     ztm_link_want_write(l);
     return 0;
@@ -213,7 +226,8 @@ static int svc_start(ztm_worker_t *w, void *arg)
     call_t *c = arg;
     c->w = w;
     ztm_timer_init(&c->deadline, on_deadline);
-    ztm_timer_arm(ztm_worker_timers(w), &c->deadline, ztm_worker_now(w) + c->t->timeout_ns);
+    if (c->t->timeout_ns)
+        ztm_timer_arm(ztm_worker_timers(w), &c->deadline, ztm_worker_now(w) + c->t->timeout_ns);
     ztm_link_config_t lc = {.tls = c->tls, .sni = c->t->sni, .connect_timeout_ns = c->t->timeout_ns};
     int r = ztm_link_connect(w, &c->t->addr, &lc, &upper, c, &c->link);
     if (r < 0)
@@ -235,6 +249,15 @@ static void svc_stop(ztm_worker_t *w, void *arg)
         ztm_link_abort(c->link, "stopped");
 }
 
+static void svc_drain(ztm_worker_t *w, void *arg)
+{
+    call_t *c = arg;
+    if (!c->done)
+        fail(c, ZTM_GRPC_CANCELLED, "interrupted", "");
+    if (c->link_live)
+        ztm_link_close(c->link, "interrupted");
+}
+
 static void svc_finish(ztm_worker_t *w, void *arg)
 {
     call_t *c = arg;
@@ -242,8 +265,8 @@ static void svc_finish(ztm_worker_t *w, void *arg)
 }
 
 static const ztm_service_t client_service = {
-    .name = "grpc-client", .start = svc_start, .idle = svc_idle, .stop = svc_stop,
-    .finish = svc_finish};
+    .name = "grpc-client", .start = svc_start, .idle = svc_idle, .drain = svc_drain,
+    .stop = svc_stop, .finish = svc_finish};
 
 void ztm_grpc_result_clear(ztm_grpc_result_t *r)
 {
@@ -252,14 +275,15 @@ void ztm_grpc_result_clear(ztm_grpc_result_t *r)
     r->len = 0;
 }
 
-int ztm_grpc_call(const ztm_grpc_target_t *t, const char *path, const uint8_t *req, size_t len,
-                  ztm_grpc_result_t *out)
+static int run_call(const ztm_grpc_target_t *t, const char *path, const uint8_t *req, size_t len,
+                    ztm_grpc_message_cb on_message, void *arg, ztm_grpc_result_t *out, bool deadline)
 {
     memset(out, 0, sizeof(*out));
     ztm_grpc_target_t tt = *t;
-    if (!tt.timeout_ns)
+    if (!tt.timeout_ns && deadline)
         tt.timeout_ns = 30 * ZTM_NS_PER_SEC;
-    call_t c = {.t = &tt, .path = path, .req = req, .req_len = len, .out = out};
+    call_t c = {.t = &tt, .path = path, .req = req, .req_len = len, .out = out,
+                .on_message = on_message, .cb_arg = arg};
     if (len > UINT32_MAX)
         return -EMSGSIZE;
     ztm_tls_config_t tc = {.role = ZTM_TLS_CLIENT, .cert_file = t->cert_file,
@@ -288,4 +312,16 @@ int ztm_grpc_call(const ztm_grpc_target_t *t, const char *path, const uint8_t *r
     if (out->status != ZTM_GRPC_OK)
         ztm_grpc_result_clear(out);
     return 0;
+}
+
+int ztm_grpc_call(const ztm_grpc_target_t *t, const char *path, const uint8_t *req, size_t len,
+                  ztm_grpc_result_t *out)
+{
+    return run_call(t, path, req, len, NULL, NULL, out, true);
+}
+
+int ztm_grpc_stream(const ztm_grpc_target_t *t, const char *path, const uint8_t *req, size_t len,
+                    ztm_grpc_message_cb on_message, void *arg, ztm_grpc_result_t *out)
+{
+    return run_call(t, path, req, len, on_message, arg, out, false);
 }

@@ -35,4 +35,15 @@ int ztm_grpc_call(const ztm_grpc_target_t *t, const char *path, const uint8_t *r
                   ztm_grpc_result_t *out);
 void ztm_grpc_result_clear(ztm_grpc_result_t *r);
 
+/* A response message of a server-streaming call. Return 0 to go on, or
+ * non-zero to end the call (it is cancelled; OUT says CANCELLED). */
+typedef int (*ztm_grpc_message_cb)(void *arg, const uint8_t *msg, size_t len);
+
+/* Server-streaming: calls PATH with REQ and hands each response message to
+ * ON_MESSAGE, in order, until the server ends the stream, ON_MESSAGE asks
+ * to stop, or SIGINT/SIGTERM (CANCELLED). T->timeout_ns 0 means no
+ * deadline. *OUT gets the final status (no body). Returns as ztm_grpc_call. */
+int ztm_grpc_stream(const ztm_grpc_target_t *t, const char *path, const uint8_t *req, size_t len,
+                    ztm_grpc_message_cb on_message, void *arg, ztm_grpc_result_t *out);
+
 #endif
