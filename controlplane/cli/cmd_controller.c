@@ -205,8 +205,26 @@ static void first_admin(ctl_t *c)
     if (ztm_creds_cli_dir(dir) < 0)
         return;
     snprintf(path, sizeof(path), "%s/admin.pem", dir);
-    if (file_exists(path))
+    if (file_exists(path)) {
+        /* Credentials of another mesh would make every CLI call fail with
+         * a certificate error: say so now, once. */
+        char ca_path[ZTM_PATH_MAX + 64], buf[8192];
+        snprintf(ca_path, sizeof(ca_path), "%s/ca.pem", dir);
+        FILE *f = fopen(ca_path, "r");
+        size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+        if (f)
+            fclose(f);
+        buf[n] = 0;
+        uint8_t pin[ZTM_PIN_LEN];
+        char hex[ZTM_PIN_HEX_LEN + 1] = "";
+        if (n && ztm_pin_of_pem(buf, n, pin) == 0)
+            ztm_pin_to_hex(pin, hex);
+        if (strcmp(hex, c->pin) != 0)
+            ztm_log(ZTM_LOG_WARN, "controller.admin", "dir=%s msg=\"the CLI's credentials there are for "
+                    "another mesh; move that directory away (or set ZTM_CONFIG_DIR) and restart to get "
+                    "this mesh's first admin\"", dir);
         return;
+    }
     const char *why;
     char name[ZTM_NAME_MAX + 1] = "admin";
     int r = ztm_creds_enroll(c->api, c->ca, dir, "admin", name, ZTM_ROLE_ADMIN, NULL, 0, NULL, 0, &why);
