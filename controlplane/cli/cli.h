@@ -31,5 +31,6 @@ int ztm_cmd_revoke(int argc, char **argv);
 int ztm_cmd_get(int argc, char **argv);
 int ztm_cmd_ca(int argc, char **argv);
 int ztm_cmd_watch(int argc, char **argv);
+int ztm_cmd_join(int argc, char **argv);
 
 #endif

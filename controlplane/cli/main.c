@@ -15,6 +15,7 @@ static const ztm_cli_command_t commands[] = {
     {"invite", ztm_cmd_invite, "print a one-time invite token for a new endpoint", 0},
     {"revoke", ztm_cmd_revoke, "revoke an endpoint's certificates", 0},
     {"get", ztm_cmd_get, "list endpoints or services", 0},
+    {"join", ztm_cmd_join, "join a mesh with an invite token", 0},
     {"watch", ztm_cmd_watch, "follow the mesh's changes as they happen", 0},
     {"relay", ztm_cmd_relay, "forward a TCP port to another address (L4 relay)", 0},
     {"h2-test", ztm_cmd_h2test, "HTTP/2 test service and client (tests, benchmarks)", 1},

@@ -287,7 +287,7 @@ static int run_call(const ztm_grpc_target_t *t, const char *path, const uint8_t 
     if (len > UINT32_MAX)
         return -EMSGSIZE;
     ztm_tls_config_t tc = {.role = ZTM_TLS_CLIENT, .cert_file = t->cert_file,
-                           .key_file = t->key_file, .ca_file = t->ca_file};
+                           .key_file = t->key_file, .ca_file = t->ca_file, .ca_pin = t->ca_pin};
     int r = ztm_tls_ctx_new(&c.tls, &tc);
     if (r < 0)
         return r;

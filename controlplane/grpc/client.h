@@ -17,6 +17,7 @@ typedef struct {
     const char *cert_file; /* our identity */
     const char *key_file;
     const char *ca_file;   /* the CA the server's certificate must chain to */
+    const uint8_t *ca_pin; /* or: trust the CA with this pin from the server's chain (32 bytes) */
     uint64_t timeout_ns;   /* sent as grpc-timeout and enforced locally; 0: 30 s */
 } ztm_grpc_target_t;
 

@@ -15,6 +15,7 @@
 #include <limits.h>
 #include <openssl/err.h>
 #include <openssl/mem.h>
+#include <openssl/sha.h>
 #include <openssl/pool.h>
 #include <openssl/x509.h>
 #include <pthread.h>
@@ -292,6 +293,7 @@ static enum ssl_verify_result_t on_custom_verify(SSL *ssl, uint8_t *out_alert)
     X509 *leaf = NULL;
     STACK_OF(X509) *chain = NULL;
     X509_STORE_CTX *sctx = NULL;
+    X509_STORE *pinned_store = NULL;
 
     const STACK_OF(CRYPTO_BUFFER) *certs = SSL_get0_peer_certificates(ssl);
     size_t n = certs ? sk_CRYPTO_BUFFER_num(certs) : 0;
@@ -316,8 +318,32 @@ static enum ssl_verify_result_t on_custom_verify(SSL *ssl, uint8_t *out_alert)
             goto Malformed;
         }
     }
+    X509_STORE *store = c->ctx->store;
+    if (c->ctx->has_pin) {
+        /* Trust exactly the CA in the chain whose key has the pin. */
+        X509 *anchor = NULL;
+        for (size_t i = 0; i < sk_X509_num(chain) && !anchor; i++) {
+            X509 *x = sk_X509_value(chain, i);
+            uint8_t *der = NULL;
+            int dl = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &der);
+            uint8_t h[32];
+            if (dl > 0 && SHA256(der, (size_t)dl, h) && CRYPTO_memcmp(h, c->ctx->pin, 32) == 0)
+                anchor = x;
+            OPENSSL_free(der);
+        }
+        if (!anchor) {
+            c->verify_reason = "wrong_ca_pin";
+            *out_alert = SSL_AD_UNKNOWN_CA;
+            log_refusal(c, c->verify_reason, 0, leaf, "no certificate in the chain has the invite's CA pin");
+            goto Exit;
+        }
+        pinned_store = X509_STORE_new();
+        if (!pinned_store || !X509_STORE_add_cert(pinned_store, anchor))
+            goto Malformed;
+        store = pinned_store;
+    }
     sctx = X509_STORE_CTX_new();
-    if (!sctx || !X509_STORE_CTX_init(sctx, c->ctx->store, leaf, chain) ||
+    if (!sctx || !X509_STORE_CTX_init(sctx, store, leaf, chain) ||
         !X509_STORE_CTX_set_default(sctx,
                                     c->ctx->role == ZTM_TLS_SERVER ? "ssl_client" : "ssl_server")) {
         *out_alert = SSL_AD_INTERNAL_ERROR;
@@ -371,6 +397,7 @@ Malformed:
     log_refusal(c, c->verify_reason, 0, NULL, "certificate does not parse");
 Exit:
     X509_STORE_CTX_free(sctx);
+    X509_STORE_free(pinned_store);
     sk_X509_pop_free(chain, X509_free);
     X509_free(leaf);
     return result;
@@ -500,7 +527,8 @@ int ztm_tls_ctx_new(ztm_tls_ctx_t **out, const ztm_tls_config_t *cfg)
     /* A client may go without an identity (a joiner before it has one):
      * server-only TLS. A server always presents one. */
     bool anonymous = cfg && cfg->role == ZTM_TLS_CLIENT && !cfg->cert_file && !cfg->key_file;
-    if (!cfg || (!anonymous && (!cfg->cert_file || !cfg->key_file)) || !cfg->ca_file ||
+    bool pinned = cfg && cfg->role == ZTM_TLS_CLIENT && cfg->ca_pin && !cfg->ca_file;
+    if (!cfg || (!anonymous && (!cfg->cert_file || !cfg->key_file)) || (!cfg->ca_file && !pinned) ||
         (cfg->role != ZTM_TLS_SERVER && cfg->role != ZTM_TLS_CLIENT) ||
         (unsigned)cfg->ktls > ZTM_KTLS_ON)
         return -EINVAL;
@@ -519,6 +547,10 @@ int ztm_tls_ctx_new(ztm_tls_ctx_t **out, const ztm_tls_config_t *cfg)
     ctx->role = cfg->role;
     ctx->ktls = cfg->ktls;
     ctx->client_cert_optional = cfg->role == ZTM_TLS_SERVER && cfg->client_cert_optional;
+    if (pinned) {
+        ctx->has_pin = true;
+        memcpy(ctx->pin, cfg->ca_pin, sizeof(ctx->pin));
+    }
     ctx->hs_timeout_ms =
         cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : DEFAULT_HS_TIMEOUT_MS;
     ctx->in_cap = cfg->in_buf_size ? cfg->in_buf_size : DEFAULT_IN_CAP;
@@ -551,10 +583,13 @@ int ztm_tls_ctx_new(ztm_tls_ctx_t **out, const ztm_tls_config_t *cfg)
         goto Fail;
     }
 NoIdentity:
+    if (pinned)
+        goto NoCaFile;
     if (!X509_STORE_load_locations(ctx->store, cfg->ca_file, NULL)) {
         rc = config_error("CA bundle (PEM)", cfg->ca_file);
         goto Fail;
     }
+NoCaFile:
     SSL_CTX_set_custom_verify(
         sc, SSL_VERIFY_PEER | (cfg->role == ZTM_TLS_SERVER && !ctx->client_cert_optional
                                    ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT

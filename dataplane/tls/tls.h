@@ -76,6 +76,11 @@ typedef struct {
                               leave cert and key NULL (server-only TLS: a joiner) */
     const char *key_file;  /* PEM: our private key */
     const char *ca_file;   /* PEM bundle: the CAs a peer's chain must end at */
+    /* Client only, instead of ca_file: the SHA-256 of the CA's
+     * SubjectPublicKeyInfo (an invite's pin). The server must present that
+     * CA in its chain; the leaf is verified against it as against a file.
+     * This is how a joiner, which has no CA yet, trusts the right one. */
+    const uint8_t *ca_pin; /* 32 bytes, or NULL */
     ztm_ktls_mode_t ktls;  /* default (0) OFF */
     /* Server only: ask for a client certificate but accept a client without
      * one (its identity is then NULL). Never inside the mesh; for the public

@@ -14,6 +14,8 @@ struct ztm_tls_ctx {
     ztm_tls_role_t role;
     ztm_ktls_mode_t ktls;
     bool client_cert_optional;
+    bool has_pin;     /* trust the CA with this pin from the peer's chain */
+    uint8_t pin[32];
     uint32_t hs_timeout_ms;
     uint32_t in_cap, out_cap;
     uint64_t gcm_limit;
