@@ -206,9 +206,11 @@ static void on_recv_linger(ztm_link_t *l, int res, uint32_t flags)
     if (res == -EIO && l->ktls) {
         l->ctl_mode = true; /* kTLS: a control record is next; RECVMSG it */
         arm_linger_recv(l);
-    } else if (res > 0 || res == -ENOBUFS) {
+    } else if (res > 0) {
         arm_linger_recv(l);
     } else {
+        /* EOF, an error, or an empty buffer ring (-ENOBUFS would re-fire at
+         * once: draining a closing link is not worth a busy loop). */
         become_dead(l, NULL, false);
     }
 }
