@@ -5,6 +5,8 @@ newest). Files are written whole or not at all (temp file + rename)."""
 
 import datetime
 import json
+import shutil
+import subprocess
 import os
 
 SCHEMA = 1
@@ -109,10 +111,78 @@ def _write_atomic(path, text):
     os.replace(tmp, path)
 
 
+def _stat(summary, test, variant, metric):
+    node = summary.get(test, {})
+    if variant is not None:
+        node = node.get(variant, {})
+    v = node.get(metric)
+    return v if isinstance(v, dict) and "median" in v else None
+
+
+def plot(results_dir, data):
+    """SVG bar charts (median, min-max bars) with gnuplot for the figures a
+    suite lists in data["plots"]: [{"test", "metric", "title", "unit"}], one
+    bar per variant in data["variants"] (or one "ztm" bar). Returns markdown
+    lines linking them, or a line saying why there are none."""
+    specs = data.get("plots") or []
+    if not specs:
+        return []
+    gnuplot = shutil.which("gnuplot")
+    if not gnuplot:
+        return ["Plots: not drawn, gnuplot is not installed (`apt-get install gnuplot-nox`).", ""]
+    variants = data.get("variants") or [[None, "ztm"]]
+    summary = data.get("summary") or {}
+    lines = ["## Plots", ""]
+    for spec in specs:
+        rows = []
+        for v in variants:
+            if isinstance(v, dict):
+                key, label = v["name"], v.get("label", v["name"])
+            else:
+                key, label = v[0], v[1]
+            st = _stat(summary, spec["test"], key, spec["metric"])
+            if st:
+                rows.append((label, st["median"], st["min"], st["max"]))
+        if not rows:
+            continue
+        name = f"{data['suite']}-{data['stamp']}-{spec['test']}-{spec['metric']}"
+        dat = os.path.join(results_dir, name + ".dat")
+        svg = os.path.join(results_dir, name + ".svg")
+        with open(dat, "w") as f:
+            for label, med, lo, hi in rows:
+                f.write(f'"{label}" {med} {lo} {hi}\n')
+        script = "\n".join([
+            "set terminal svg size 640,360 dynamic font 'sans,11'",
+            f"set output '{svg}'",
+            f"set title \"{spec['title']} (median, min-max)\"",
+            f"set ylabel \"{spec['unit']}\"",
+            "set style fill solid 0.6 border -1",
+            "set boxwidth 0.6",
+            "set yrange [0:*]",
+            "set grid ytics",
+            "unset key",
+            "set format y '%g'" if max(r[3] for r in rows) < 1000 else "set format y '%.0s%c'",
+            f"set xrange [-0.6:{len(rows) - 0.4}]",
+            # x y ylow yhigh xdelta: five columns, so the bars are min-max
+            f"plot '{dat}' using 0:2:3:4:(0.3):xtic(1) with boxerrorbars lc rgb '#4477aa'",
+        ])
+        r = subprocess.run([gnuplot], input=script, capture_output=True, text=True)
+        os.remove(dat)
+        if r.returncode != 0 or not os.path.exists(svg):
+            lines.append(f"- {spec['title']}: gnuplot failed: {r.stderr.strip()[:200]}")
+            continue
+        data.setdefault("plot_files", []).append(os.path.basename(svg))
+        lines.append(f"![{spec['title']}]({os.path.basename(svg)})")
+        lines.append("")
+    return lines
+
+
 def write(results_dir, data, body):
-    """Writes the JSON, the markdown and latest-<suite>.md; returns their paths."""
+    """Writes the JSON, the markdown (with plots) and latest-<suite>.md;
+    returns their paths."""
     os.makedirs(results_dir, exist_ok=True)
     base = os.path.join(results_dir, f"{data['suite']}-{data['stamp']}")
+    body = body + "\n" + "\n".join(plot(results_dir, data))
     _write_atomic(base + ".json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     markdown = render(data, body)
     _write_atomic(base + ".md", markdown)

@@ -289,6 +289,10 @@ def run(ctx):
         "summary": summary,
         "goals": goals,
         "commands": commands,
+        "plots": [
+            {"test": "unary", "metric": "calls_per_s", "title": "GetEndpoint (unary)", "unit": "calls/s"},
+            {"test": "join", "metric": "joins_per_s", "title": "Join (CSR signing included)", "unit": "joins/s"},
+        ],
     }
 
 

@@ -426,6 +426,10 @@ def run(ctx):
     return {
         "config": cfg,
         "variants": [{"name": v, "label": l} for v, l in VARIANTS],
+        "plots": [
+            {"test": "small", "metric": "req_s", "title": "h2load, 100 B responses", "unit": "requests/s"},
+            {"test": "large", "metric": "body_mb_s", "title": "h2load, 16 KiB bodies", "unit": "MB/s"},
+        ],
         "tests": TESTS,
         "orders": orders,
         "tls_libraries": tls_libraries(ctx.bin),

@@ -331,6 +331,12 @@ def run(ctx):
     return {
         "config": cfg,
         "variants": [{"name": v, "label": l} for v, l in VARIANTS],
+        "plots": [
+            {"test": "iperf3_1", "metric": "gbit_s", "title": "iperf3, 1 stream", "unit": "Gbit/s"},
+            {"test": "iperf3_8", "metric": "gbit_s", "title": "iperf3, 8 streams", "unit": "Gbit/s"},
+            {"test": "pingpong", "metric": "p50_us", "title": "64 B ping-pong p50", "unit": "µs"},
+            {"test": "pingpong", "metric": "p99_us", "title": "64 B ping-pong p99", "unit": "µs"},
+        ],
         "tests": TESTS,
         "orders": orders,
         "runs_raw": records,
