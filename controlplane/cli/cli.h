@@ -21,6 +21,9 @@ int ztm_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((fo
 /* --log-level VALUE / --log-format VALUE, shared by the long-running
  * commands: applies it, or returns the usage exit code with one line. */
 int ztm_cli_log_level(const char *cmd, const char *value);
+/* getopt_long's ':' (OPT lacks its value) or an unknown OPT, as the one
+ * usage line each gets, pointing at 'ztm CMD --help'. Returns the exit code. */
+int ztm_cli_bad_option(const char *cmd, int getopt_result, const char *opt);
 int ztm_cli_log_format(const char *cmd, const char *value);
 
 int ztm_cmd_relay(int argc, char **argv);

@@ -191,10 +191,8 @@ int ztm_cmd_invite(int argc, char **argv)
         case 'h':
             fputs(usage, stdout);
             return ZTM_EXIT_OK;
-        case ':':
-            return ztm_cli_usage_error(cmd, "%s needs a value", argv[optind - 1]);
         default:
-            return ztm_cli_usage_error(cmd, "unknown option '%s' (see 'ztm invite --help')", argv[optind - 1]);
+            return ztm_cli_bad_option(cmd, o, argv[optind - 1]);
         }
     }
     if (optind != argc - 1)
@@ -263,10 +261,8 @@ int ztm_cmd_revoke(int argc, char **argv)
         case 'h':
             fputs(usage, stdout);
             return ZTM_EXIT_OK;
-        case ':':
-            return ztm_cli_usage_error(cmd, "%s needs a value", argv[optind - 1]);
         default:
-            return ztm_cli_usage_error(cmd, "unknown option '%s' (see 'ztm revoke --help')", argv[optind - 1]);
+            return ztm_cli_bad_option(cmd, o, argv[optind - 1]);
         }
     }
     int targets = (id != NULL) + (serial != NULL) + (optind < argc);
@@ -450,10 +446,8 @@ int ztm_cmd_get(int argc, char **argv)
         case 'h':
             fputs(usage, stdout);
             return ZTM_EXIT_OK;
-        case ':':
-            return ztm_cli_usage_error(cmd, "%s needs a value", argv[optind - 1]);
         default:
-            return ztm_cli_usage_error(cmd, "unknown option '%s' (see 'ztm get --help')", argv[optind - 1]);
+            return ztm_cli_bad_option(cmd, o, argv[optind - 1]);
         }
     }
     if (optind != argc - 1)
@@ -598,10 +592,8 @@ int ztm_cmd_watch(int argc, char **argv)
         case 'h':
             fputs(usage, stdout);
             return ZTM_EXIT_OK;
-        case ':':
-            return ztm_cli_usage_error(cmd, "%s needs a value", argv[optind - 1]);
         default:
-            return ztm_cli_usage_error(cmd, "unknown option '%s' (see 'ztm watch --help')", argv[optind - 1]);
+            return ztm_cli_bad_option(cmd, o, argv[optind - 1]);
         }
     }
     if (optind < argc)

@@ -289,10 +289,8 @@ int ztm_cmd_controller(int argc, char **argv)
         case 'h':
             fputs(usage, stdout);
             return ZTM_EXIT_OK;
-        case ':':
-            return ztm_cli_usage_error(cmd, "%s needs a value (see 'ztm controller --help')", argv[optind - 1]);
         default:
-            return ztm_cli_usage_error(cmd, "unknown option '%s' (see 'ztm controller --help')", argv[optind - 1]);
+            return ztm_cli_bad_option(cmd, o, argv[optind - 1]);
         }
     }
     if (optind < argc)

@@ -142,10 +142,8 @@ int ztm_cmd_h2test(int argc, char **argv)
         case 'h':
             fputs(usage, stdout);
             return ZTM_EXIT_OK;
-        case ':':
-            return ztm_cli_usage_error(cmd, "%s needs a value", argv[optind - 1]);
         default:
-            return ztm_cli_usage_error(cmd, "unknown option '%s' (see 'ztm h2-test --help')", argv[optind - 1]);
+            return ztm_cli_bad_option(cmd, c, argv[optind - 1]);
         }
     }
     if (optind < argc)

@@ -44,6 +44,13 @@ int ztm_cli_log_level(const char *cmd, const char *value)
     return 0;
 }
 
+int ztm_cli_bad_option(const char *cmd, int getopt_result, const char *opt)
+{
+    if (getopt_result == ':')
+        return ztm_cli_usage_error(cmd, "%s needs a value (see 'ztm %s --help')", opt, cmd);
+    return ztm_cli_usage_error(cmd, "unknown option '%s' (see 'ztm %s --help')", opt, cmd);
+}
+
 int ztm_cli_log_format(const char *cmd, const char *value)
 {
     if (!ztm_log_set_format(value))
