@@ -5,6 +5,7 @@ newest). Files are written whole or not at all (temp file + rename)."""
 
 import datetime
 import json
+import re
 import shutil
 import subprocess
 import os
@@ -109,6 +110,28 @@ def _write_atomic(path, text):
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def failures(data, names, labels):
+    """Markdown lines listing the failed measurements of a suite with
+    variants, grouped by variant and error (the same failure in another run
+    differs only by pids and ports); no lines when nothing failed."""
+    failed = [r for r in data["runs_raw"] if not r["ok"]]
+    if not failed:
+        return []
+    out = ["## Failures", ""]
+    groups = {}
+    for r in failed:
+        key = re.sub(r"\d{3,}", "N", r["error"])
+        groups.setdefault((r["variant"], key), []).append(r)
+    total = {v: sum(1 for r in data["runs_raw"] if r["variant"] == v) for v in names}
+    tests = {t["name"]: t["label"] for t in data["tests"]}
+    for (variant, _), rs in groups.items():
+        where = "; ".join(sorted({tests[r["test"]] for r in rs}))
+        out.append(f"- {labels[variant]}, {len(rs)} of {total[variant]} measurements "
+                   f"({where}): {rs[0]['error']}")
+    out.append("")
+    return out
 
 
 def _stat(summary, test, variant, metric):

@@ -518,20 +518,7 @@ def render(data):
     rows.append(["h2load (client)", "–", libs.get("h2load", "?")])
     out += [report.table(["server", "negotiated", "TLS library"], rows, right=set()), ""]
 
-    failed = [r for r in data["runs_raw"] if not r["ok"]]
-    if failed:
-        out += ["## Failures", ""]
-        groups = {}
-        for r in failed:
-            key = re.sub(r"\d{3,}", "N", r["error"])
-            groups.setdefault((r["variant"], key), []).append(r)
-        total = {v: sum(1 for r in data["runs_raw"] if r["variant"] == v) for v in names}
-        tests = {t["name"]: t["label"] for t in data["tests"]}
-        for (variant, _), rs in groups.items():
-            where = "; ".join(sorted({tests[r["test"]] for r in rs}))
-            out.append(f"- {labels[variant]}, {len(rs)} of {total[variant]} measurements "
-                       f"({where}): {rs[0]['error']}")
-        out.append("")
+    out += report.failures(data, names, labels)
 
     out += ["## Every run", "",
             "Order of the servers in each round: "

@@ -396,21 +396,7 @@ def render(data):
         rows.append(row)
     out += [report.table(["measurement", *(labels[v] for v in names), "ztm / HAProxy"], rows), ""]
 
-    failed = [r for r in data["runs_raw"] if not r["ok"]]
-    if failed:
-        out += ["## Failures", ""]
-        groups = {}
-        for r in failed:
-            # The same failure in another run differs only by pids and ports.
-            key = re.sub(r"\d{3,}", "N", r["error"])
-            groups.setdefault((r["variant"], key), []).append(r)
-        total = {v: sum(1 for r in data["runs_raw"] if r["variant"] == v) for v in names}
-        tests = {t["name"]: t["label"] for t in data["tests"]}
-        for (variant, _), rs in groups.items():
-            where = "; ".join(sorted({tests[r["test"]] for r in rs}))
-            out.append(f"- {labels[variant]}, {len(rs)} of {total[variant]} measurements "
-                       f"({where}): {rs[0]['error']}")
-        out.append("")
+    out += report.failures(data, names, labels)
 
     out += ["## Every run", "",
             f"Order of the forwarders in each round: "
