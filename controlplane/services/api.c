@@ -72,6 +72,18 @@ void *arena_alloc(arena_t *a, size_t n)
     return p;
 }
 
+void *arena_grow(arena_t *a, void *items, size_t n, size_t *cap, size_t first, size_t elem)
+{
+    if (n < *cap)
+        return items;
+    size_t ncap = *cap ? *cap * 2 : first;
+    void *p = arena_alloc(a, ncap * elem);
+    if (n)
+        memcpy(p, items, n * elem);
+    *cap = ncap;
+    return p;
+}
+
 char *arena_strdup(arena_t *a, const char *s)
 {
     size_t n = strlen(s) + 1;

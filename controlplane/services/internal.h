@@ -49,6 +49,10 @@ void arena_init(arena_t *a);
 void arena_free(arena_t *a);
 /* Zeroed memory; aborts on exhaustion (a broken invariant on this thread). */
 void *arena_alloc(arena_t *a, size_t n);
+/* For an array of N elements of ELEM bytes at ITEMS with room for *CAP: when
+ * it is full, a copy with twice the room (FIRST the first time) in the arena,
+ * *CAP updated; else ITEMS itself. Never NULL (the arena aborts on OOM). */
+void *arena_grow(arena_t *a, void *items, size_t n, size_t *cap, size_t first, size_t elem);
 char *arena_strdup(arena_t *a, const char *s);
 char *arena_printf(arena_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Decodes a stored value; NULL when it does not decode (a damaged record). */

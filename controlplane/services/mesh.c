@@ -561,14 +561,7 @@ static int on_serial(void *arg, const char *key, const void *value, size_t len)
         arena_unpack(s->a, &ztm__v1__issued_certificate__descriptor, value, len);
     if (!ic || strcmp(ic->endpoint_id, s->endpoint_id) != 0 || ic->not_after <= s->now)
         return 0;
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 8;
-        Ztm__V1__IssuedCertificate **c = arena_alloc(s->a, cap * sizeof(*c));
-        if (s->n)
-            memcpy(c, s->certs, s->n * sizeof(*c));
-        s->certs = c;
-        s->cap = cap;
-    }
+    s->certs = arena_grow(s->a, s->certs, s->n, &s->cap, 8, sizeof(*s->certs));
     s->certs[s->n++] = ic;
     return 0;
 }
@@ -804,14 +797,7 @@ static int on_maybe_expired(void *arg, const char *key, const void *value, size_
         not_after = ((Ztm__V1__Revocation *)m)->not_after;
     if (m && not_after > x->now)
         return 0; /* an undecodable record goes too: nothing can use it */
-    if (x->n == x->cap) {
-        size_t cap = x->cap ? x->cap * 2 : 64;
-        char **k = arena_alloc(x->a, cap * sizeof(*k));
-        if (x->n)
-            memcpy(k, x->keys, x->n * sizeof(*k));
-        x->keys = k;
-        x->cap = cap;
-    }
+    x->keys = arena_grow(x->a, x->keys, x->n, &x->cap, 64, sizeof(*x->keys));
     x->keys[x->n++] = arena_strdup(x->a, key);
     return 0;
 }

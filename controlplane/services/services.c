@@ -483,14 +483,7 @@ static int on_hub_record(void *arg, const char *key, const void *value, size_t l
     }
     if (h->online_only && !hub->online)
         return 0;
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 16;
-        Ztm__V1__Hub **v = arena_alloc(h->a, cap * sizeof(*v));
-        if (h->n)
-            memcpy(v, h->hubs, h->n * sizeof(*v));
-        h->hubs = v;
-        h->cap = cap;
-    }
+    h->hubs = arena_grow(h->a, h->hubs, h->n, &h->cap, 16, sizeof(*h->hubs));
     h->hubs[h->n++] = hub;
     return 0;
 }
