@@ -16,6 +16,22 @@
 
 #define INBOX_CAP 1024
 
+/* liburing maps and unmaps its rings with raw system calls, which ThreadSanitizer
+ * does not see: when a worker exits and another maps a new ring at the same
+ * address, the old writes look like a race with the new ones. Every ring's
+ * teardown releases one sync object and every new ring acquires it, which is
+ * the order the kernel already enforces. */
+#if defined(__SANITIZE_THREAD__)
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+static char ring_reuse_sync;
+#define RING_MAPPED() __tsan_acquire(&ring_reuse_sync)
+#define RING_UNMAPPED() __tsan_release(&ring_reuse_sync)
+#else
+#define RING_MAPPED() ((void)0)
+#define RING_UNMAPPED() ((void)0)
+#endif
+
 struct ztm_worker {
     int id;
     int cpu; /* -1: not pinned */
@@ -230,6 +246,7 @@ static int setup_ring(ztm_worker_t *w)
     }
     if (r < 0)
         return r;
+    RING_MAPPED();
     w->ring_ok = true;
     return ztm_bufring_new(&w->ring, 0, c->buf_count, c->buf_size, &w->bufs);
 }
@@ -330,8 +347,10 @@ static void *worker_main(void *p)
         e->svc->finish(w, e->arg);
     if (w->bufs)
         ztm_bufring_free(w->bufs, &w->ring);
-    if (w->ring_ok)
+    if (w->ring_ok) {
         io_uring_queue_exit(&w->ring);
+        RING_UNMAPPED();
+    }
     ztm_timers_fini(&w->timers);
     if (atomic_fetch_sub(&e->alive, 1) == 1)
         pthread_kill(e->runner, SIGUSR1); /* no need to wait for the next tick */
