@@ -23,12 +23,18 @@
 #include "dataplane/link/link.h"
 #include "dataplane/runtime/log.h"
 
-typedef struct gconn gconn_t;
+typedef struct ztm_grpc_conn gconn_t;
 typedef struct gcall gcall_t;
+
+#define MAX_ROUTES 4
 
 struct ztm_grpc_server {
     ztm_worker_t *w;
-    ztm_api_t *api;
+    ztm_api_t *api;              /* NULL: a local server (local_fn answers) */
+    ztm_grpc_local_fn local_fn;
+    void *local_arg;
+    ztm_grpc_route_t routes[MAX_ROUTES];
+    size_t n_routes;
     ztm_store_t *store;
     ztm_store_sub_t *sub;
     uint32_t max_message;
@@ -42,7 +48,7 @@ struct ztm_grpc_server {
     bool cut_pending; /* some connection's identity was revoked */
 };
 
-struct gconn {
+struct ztm_grpc_conn {
     ztm_grpc_server_t *srv;
     ztm_link_t *link;
     ztm_h2_session_t *h2;
@@ -54,6 +60,7 @@ struct gconn {
 };
 
 struct gcall {
+    ztm_grpc_route_stream_t route; /* .route NULL: a call of ours */
     gconn_t *c;
     int32_t id;
     const ztm_api_method_t *m;
@@ -68,9 +75,11 @@ struct gcall {
     uint8_t *out; /* one framed response message */
     size_t out_len, out_off;
     ztm_api_watch_t *watch;
+    char *local_path; /* local servers: the method's path */
     gcall_t *wprev, *wnext;
     gcall_t *rprev, *rnext;
     bool queued;
+    bool dec_ready; /* a known method: the decoder is set up */
 };
 
 static const ztm_h2_header_t CT = {"content-type", 12, "application/grpc", 16};
@@ -95,6 +104,11 @@ static size_t status_headers(ztm_h2_header_t *h, char *code, char *msg, size_t m
     return n;
 }
 
+static const char *call_path(const gcall_t *call)
+{
+    return call->m ? ztm_api_path(call->m) : call->local_path ? call->local_path : "-";
+}
+
 /* Trailers-only: the whole answer in one HEADERS frame with END_STREAM. */
 static void answer_status(gcall_t *call, ztm_grpc_status_t st, const char *message)
 {
@@ -108,7 +122,7 @@ static void answer_status(gcall_t *call, ztm_grpc_status_t st, const char *messa
     ztm_h2_respond(call->c->h2, call->id, 200, h, n, 0);
     if (st != ZTM_GRPC_OK)
         ztm_log(ZTM_LOG_INFO, "grpc.call", "method=%s status=%s message=\"%s\"",
-                call->m ? ztm_api_path(call->m) : "-", ztm_grpc_status_name(st), message ? message : "");
+                call_path(call), ztm_grpc_status_name(st), message ? message : "");
 }
 
 /* Ends a stream that already has its head, with trailers. */
@@ -191,7 +205,7 @@ static void run_call(gcall_t *call)
     ztm_grpc_server_t *s = c->srv;
     const ztm_identity_t *caller = c->has_identity ? &c->identity : NULL;
     ztm_api_reply_t reply = {0};
-    if (!ztm_api_streaming(call->m)) {
+    if (!call->m || !ztm_api_streaming(call->m)) {
         /* Run with the other calls of this loop turn: one durable write. */
         call->queued = true;
         call->rprev = s->ready_tail;
@@ -249,6 +263,18 @@ static void on_request(ztm_h2_session_t *h, void *user, int32_t id, void *sdata,
 {
     gconn_t *c = user;
     ztm_grpc_server_t *s = c->srv;
+    const char *rpath = req->path ? req->path : "";
+    for (size_t i = 0; i < s->n_routes; i++) {
+        const ztm_grpc_route_t *rt = &s->routes[i];
+        if (strncmp(rpath, rt->prefix, strlen(rt->prefix)) == 0) {
+            if (c->revoked) {
+                ztm_h2_reset(h, id, ZTM_H2_REFUSED_STREAM);
+                return;
+            }
+            rt->on_request(rt->arg, c, h, id, req);
+            return;
+        }
+    }
     gcall_t *call = calloc(1, sizeof(*call));
     if (!call) {
         ztm_h2_reset(h, id, ZTM_H2_INTERNAL_ERROR);
@@ -276,9 +302,14 @@ static void on_request(ztm_h2_session_t *h, void *user, int32_t id, void *sdata,
         answer_status(call, ZTM_GRPC_UNAUTHENTICATED, "certificate revoked");
         return;
     }
-    const char *path = req->path ? req->path : "";
-    call->m = ztm_api_find(path, strlen(path));
-    if (!call->m) {
+    const char *path = rpath;
+    if (!s->api) {
+        call->local_path = strdup(path);
+        if (!call->local_path) {
+            answer_status(call, ZTM_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+            return;
+        }
+    } else if (!(call->m = ztm_api_find(path, strlen(path)))) {
         char msg[160];
         snprintf(msg, sizeof(msg), "unknown method %.120s", path);
         answer_status(call, ZTM_GRPC_UNIMPLEMENTED, msg);
@@ -287,6 +318,7 @@ static void on_request(ztm_h2_session_t *h, void *user, int32_t id, void *sdata,
     const ztm_h2_header_t *enc = find_header(req, "grpc-encoding");
     bool identity_enc = !enc || (enc->value_len == 8 && memcmp(enc->value, "identity", 8) == 0);
     ztm_grpc_decoder_init(&call->dec, s->max_message, false);
+    call->dec_ready = true;
     if (!identity_enc)
         ztm_log(ZTM_LOG_DEBUG, "grpc.encoding", "encoding=\"%.*s\" msg=\"not supported\"",
                 (int)enc->value_len, enc->value);
@@ -307,8 +339,12 @@ static void on_data(ztm_h2_session_t *h, void *user, int32_t id, void *sdata, co
                     size_t len)
 {
     gcall_t *call = sdata;
+    if (call && call->route.route) {
+        call->route.route->on_data(call->route.route->arg, h, id, sdata, data, len);
+        return;
+    }
     ztm_h2_consume(h, id, len); /* bounded by the message limit below */
-    if (!call || call->answered || !call->m)
+    if (!call || call->answered || !call->dec_ready)
         return;
     while (len) {
         ztm_grpc_message_t msg;
@@ -341,8 +377,12 @@ static void on_end_stream(ztm_h2_session_t *h, void *user, int32_t id, void *sda
     gcall_t *call = sdata;
     if (!call)
         return;
+    if (call->route.route) {
+        call->route.route->on_end_stream(call->route.route->arg, h, id, sdata);
+        return;
+    }
     call->request_done = true;
-    if (call->answered || !call->m)
+    if (call->answered || !call->dec_ready)
         return;
     int err = ztm_grpc_decoder_finish(&call->dec);
     if (err < 0) {
@@ -362,6 +402,8 @@ static ssize_t read_body(ztm_h2_session_t *h, void *user, int32_t id, void *sdat
     gcall_t *call = sdata;
     if (!call)
         return -1;
+    if (call->route.route)
+        return call->route.route->read_body(call->route.route->arg, h, id, sdata, dst, max, eof);
     for (;;) {
         if (call->out_off < call->out_len) {
             size_t n = call->out_len - call->out_off;
@@ -409,14 +451,19 @@ static void on_stream_close(ztm_h2_session_t *h, void *user, int32_t id, void *s
     gcall_t *call = sdata;
     if (!call)
         return;
+    if (call->route.route) {
+        call->route.route->on_stream_close(call->route.route->arg, h, id, sdata, error_code);
+        return;
+    }
     ztm_grpc_server_t *s = call->c->srv;
     ztm_timer_cancel(ztm_worker_timers(s->w), &call->deadline);
     watch_unlink(call);
     ready_unlink(call);
     if (call->watch)
         ztm_api_watch_close(call->watch);
-    if (call->m)
+    if (call->dec_ready)
         ztm_grpc_decoder_free(&call->dec);
+    free(call->local_path);
     free(call->req);
     free(call->out);
     free(call);
@@ -542,7 +589,8 @@ static void on_store_notify(void *arg, uint64_t version)
 {
     ztm_grpc_server_t *s = arg;
     for (gconn_t *c = s->conns; c; c = c->next) {
-        if (c->has_identity && !c->revoked && ztm_api_identity_revoked(s->api, &c->identity)) {
+        if (s->api && c->has_identity && !c->revoked &&
+            ztm_api_identity_revoked(s->api, &c->identity)) {
             c->revoked = true;
             s->cut_pending = true;
         }
@@ -579,7 +627,7 @@ int ztm_grpc_server_new(ztm_worker_t *w, ztm_api_t *api, ztm_store_t *store,
     s->api = api;
     s->store = store;
     s->max_message = cfg && cfg->max_message ? cfg->max_message : ZTM_GRPC_DEFAULT_MAX_MESSAGE;
-    int r = ztm_store_subscribe(store, on_store_notify, s, &s->sub);
+    int r = store ? ztm_store_subscribe(store, on_store_notify, s, &s->sub) : 0;
     if (r < 0) {
         free(s);
         return r;
@@ -595,7 +643,8 @@ void ztm_grpc_server_free(ztm_grpc_server_t *s)
     if (!s)
         return;
     ztm_timer_cancel(ztm_worker_timers(s->w), &s->tick);
-    ztm_store_unsubscribe(s->store, s->sub);
+    if (s->store)
+        ztm_store_unsubscribe(s->store, s->sub);
     free(s);
 }
 
@@ -662,17 +711,21 @@ void ztm_grpc_server_run(ztm_grpc_server_t *s)
     s->in_run = true;
     while (s->ready_head) {
         size_t n = 0;
-        int g = ztm_store_group_begin(s->store);
+        int g = s->store ? ztm_store_group_begin(s->store) : 0;
         while (s->ready_head && n < MAX_GROUP) {
             gcall_t *call = s->ready_head;
             ready_unlink(call);
             gconn_t *c = call->c;
             memset(&replies[n], 0, sizeof(replies[n]));
-            ztm_api_unary(s->api, call->m, c->has_identity ? &c->identity : NULL, call->req,
-                          call->req_len, &replies[n]);
+            const ztm_identity_t *caller = c->has_identity ? &c->identity : NULL;
+            if (s->api)
+                ztm_api_unary(s->api, call->m, caller, call->req, call->req_len, &replies[n]);
+            else
+                s->local_fn(s->local_arg, call->local_path, caller, call->req, call->req_len,
+                            &replies[n]);
             batch[n++] = call;
         }
-        int end = g < 0 ? g : ztm_store_group_end(s->store);
+        int end = g < 0 ? g : s->store ? ztm_store_group_end(s->store) : 0;
         if (end < 0)
             ztm_log(ZTM_LOG_ERROR, "grpc.store_write", "calls=%zu error=\"%s\"", n,
                     end < -4095 ? ztm_store_strerror(end) : strerror(-end));
@@ -702,6 +755,42 @@ const char *ztm_grpc_server_verify(void *arg, ztm_tls_conn_t *conn, X509 *peer)
     if (ztm_api_identity_revoked(s->api, &id))
         return "revoked";
     return NULL;
+}
+
+int ztm_grpc_server_new_local(ztm_worker_t *w, ztm_grpc_local_fn fn, void *arg,
+                              const ztm_grpc_server_config_t *cfg, ztm_grpc_server_t **out)
+{
+    int r = ztm_grpc_server_new(w, NULL, NULL, cfg, out);
+    if (r == 0) {
+        (*out)->local_fn = fn;
+        (*out)->local_arg = arg;
+    }
+    return r;
+}
+
+int ztm_grpc_server_add_route(ztm_grpc_server_t *s, const ztm_grpc_route_t *route)
+{
+    if (s->n_routes == MAX_ROUTES || !route->prefix || !route->on_request || !route->on_data ||
+        !route->on_end_stream || !route->read_body || !route->on_stream_close)
+        return -EINVAL;
+    s->routes[s->n_routes++] = *route;
+    return 0;
+}
+
+const ztm_identity_t *ztm_grpc_conn_identity(const ztm_grpc_conn_t *c)
+{
+    return c->has_identity ? &c->identity : NULL;
+}
+
+ztm_link_t *ztm_grpc_conn_link(const ztm_grpc_conn_t *c)
+{
+    return c->link;
+}
+
+void ztm_grpc_conn_kick(ztm_grpc_conn_t *c)
+{
+    if (c->h2)
+        ztm_h2link_settle(c->h2, c->link, 0);
 }
 
 unsigned ztm_grpc_server_conns(const ztm_grpc_server_t *s)

@@ -15,6 +15,8 @@
 
 #include "controlplane/services/api.h"
 #include "controlplane/store/store.h"
+#include "dataplane/h2/h2.h"
+#include "dataplane/link/link.h"
 #include "dataplane/runtime/worker.h"
 #include "dataplane/tls/tls.h"
 
@@ -51,5 +53,51 @@ unsigned ztm_grpc_server_conns(const ztm_grpc_server_t *s);
  * refuses, during the handshake, certificates that are not identities of
  * ours or are revoked. Runs on the worker that owns the store. */
 const char *ztm_grpc_server_verify(void *arg, ztm_tls_conn_t *conn, X509 *peer);
+
+/* ---- local servers (an agent's API on its Unix socket) ----------------- */
+/* Answers one unary call of PATH from CALLER (NULL: no certificate, as on
+ * a local socket) with request REQ; fills *REPLY (the server frees it). */
+typedef void (*ztm_grpc_local_fn)(void *arg, const char *path, const ztm_identity_t *caller,
+                                  const uint8_t *req, size_t len, ztm_api_reply_t *reply);
+/* A server whose every unary call goes to FN (no store, no Watch). */
+int ztm_grpc_server_new_local(ztm_worker_t *w, ztm_grpc_local_fn fn, void *arg,
+                              const ztm_grpc_server_config_t *cfg, ztm_grpc_server_t **out);
+
+/* ---- other routes on the same connections (the hub's relay) ------------ */
+typedef struct ztm_grpc_conn ztm_grpc_conn_t;
+typedef struct ztm_grpc_route ztm_grpc_route_t;
+/* A route's stream data must begin with this (set ROUTE to the route
+ * given to on_request), so the server can tell its streams apart. */
+typedef struct {
+    const ztm_grpc_route_t *route;
+} ztm_grpc_route_stream_t;
+/* Requests whose :path starts with PREFIX go to these callbacks instead of
+ * the API; they own the stream (ztm_h2_stream_set_data with an object that
+ * begins with ztm_grpc_route_stream_t, or answer/reset at once). The other
+ * callbacks have the meaning of ztm_h2_callbacks_t's; on_stream_close is
+ * also how a route learns that the connection went (every stream of a
+ * closing connection is closed first). A revoked connection's new requests
+ * are reset before they reach the route. */
+struct ztm_grpc_route {
+    const char *prefix;
+    void (*on_request)(void *arg, ztm_grpc_conn_t *c, ztm_h2_session_t *h, int32_t id,
+                       const ztm_h2_msg_t *req);
+    void (*on_data)(void *arg, ztm_h2_session_t *h, int32_t id, void *sdata, const uint8_t *data,
+                    size_t len);
+    void (*on_end_stream)(void *arg, ztm_h2_session_t *h, int32_t id, void *sdata);
+    ssize_t (*read_body)(void *arg, ztm_h2_session_t *h, int32_t id, void *sdata, uint8_t *dst,
+                         size_t max, bool *eof);
+    void (*on_stream_close)(void *arg, ztm_h2_session_t *h, int32_t id, void *sdata,
+                            uint32_t error_code);
+    void *arg;
+};
+/* Adds ROUTE (copied; at most 4). 0 or -EINVAL. */
+int ztm_grpc_server_add_route(ztm_grpc_server_t *s, const ztm_grpc_route_t *route);
+/* The connection's verified identity (NULL: no client certificate). */
+const ztm_identity_t *ztm_grpc_conn_identity(const ztm_grpc_conn_t *c);
+ztm_link_t *ztm_grpc_conn_link(const ztm_grpc_conn_t *c);
+/* Call after changing C's session from outside its callbacks (another
+ * connection's, a timer): writes what is due. */
+void ztm_grpc_conn_kick(ztm_grpc_conn_t *c);
 
 #endif
