@@ -4,8 +4,10 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/un.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,9 +135,24 @@ void ztm_addr_format(const struct sockaddr *sa, char *buf, size_t cap)
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
         inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
         snprintf(buf, cap, "[%s]:%u", ip, ntohs(in6->sin6_port));
+    } else if (sa->sa_family == AF_UNIX) {
+        snprintf(buf, cap, "unix");
     } else {
         snprintf(buf, cap, "unknown");
     }
+}
+
+int ztm_addr_unix(const char *path, ztm_addr_t *out)
+{
+    struct sockaddr_un *un = (struct sockaddr_un *)&out->ss;
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof(un->sun_path))
+        return -ENAMETOOLONG;
+    memset(out, 0, sizeof(*out));
+    un->sun_family = AF_UNIX;
+    memcpy(un->sun_path, path, n + 1);
+    out->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+    return 0;
 }
 
 int ztm_listen_group(const ztm_addr_t *addr, unsigned n, int backlog, int *fds, ztm_addr_t *bound)

@@ -18,6 +18,8 @@ typedef struct {
  * "cannot resolve host", ...). */
 int ztm_addr_parse(const char *s, ztm_addr_t *out, const char **why);
 
+/* A Unix socket address for PATH. 0 or -ENAMETOOLONG. */
+int ztm_addr_unix(const char *path, ztm_addr_t *out);
 /* "1.2.3.4:80" or "[::1]:80" into BUF (ZTM_ADDRSTRLEN is enough). */
 void ztm_addr_format(const struct sockaddr *sa, char *buf, size_t cap);
 
