@@ -35,5 +35,14 @@ int ztm_cmd_get(int argc, char **argv);
 int ztm_cmd_ca(int argc, char **argv);
 int ztm_cmd_watch(int argc, char **argv);
 int ztm_cmd_join(int argc, char **argv);
+int ztm_cmd_agent(int argc, char **argv);
+int ztm_cmd_status(int argc, char **argv);
+int ztm_cmd_tunnel(int argc, char **argv);
+int ztm_cmd_leave(int argc, char **argv);
+/* `ztm get tunnels ...`: the agent's tunnels (ARGV[0] is "tunnels"). */
+int ztm_agentcli_get_tunnels(int argc, char **argv);
+/* Tells the agent of STATE (NULL: the default) to pick up new meshes; 0 if
+ * one answered. */
+int ztm_agentcli_reload(const char *state);
 
 #endif

@@ -422,7 +422,23 @@ int ztm_cmd_get(int argc, char **argv)
 {
     const char *cmd = "get";
     static const char usage[] =
-        "Usage: ztm get endpoints|services [-o table|json] [--controller ADDR]\n";
+        "Usage: ztm get endpoints|services [-o table|json] [--controller ADDR]\n"
+        "       ztm get tunnels [-o table|json] [--mesh M] [--state DIR]\n"
+        "\n"
+        "endpoints and services come from the mesh's control plane (admin\n"
+        "credentials); tunnels from this machine's agent.\n";
+    /* Tunnels are the agent's: its own options. */
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "tunnels") == 0 || strcmp(argv[i], "tunnel") == 0) {
+            char *args[32];
+            int n = 0;
+            args[n++] = argv[i];
+            for (int k = 1; k < argc && n < 31; k++)
+                if (k != i)
+                    args[n++] = argv[k];
+            args[n] = NULL;
+            return ztm_agentcli_get_tunnels(n, args);
+        }
     static const struct option opts[] = {{"output", required_argument, NULL, 'o'},
                                          {"controller", required_argument, NULL, 'c'},
                                          {"help", no_argument, NULL, 'h'},
@@ -451,12 +467,12 @@ int ztm_cmd_get(int argc, char **argv)
         }
     }
     if (optind != argc - 1)
-        return ztm_cli_usage_error(cmd, "expected what to get: endpoints or services");
+        return ztm_cli_usage_error(cmd, "expected what to get: endpoints, services or tunnels");
     const char *what = argv[optind];
     bool ep = strcmp(what, "endpoints") == 0 || strcmp(what, "ep") == 0;
     bool svc = strcmp(what, "services") == 0 || strcmp(what, "svc") == 0;
     if (!ep && !svc)
-        return ztm_cli_usage_error(cmd, "unknown kind '%s': expected endpoints or services", what);
+        return ztm_cli_usage_error(cmd, "unknown kind '%s': expected endpoints, services or tunnels", what);
     admin_t a;
     int r = admin_open(cmd, controller, &a);
     if (r)

@@ -218,6 +218,10 @@ int ztm_cmd_join(int argc, char **argv)
     strftime(when, sizeof(when), "%Y-%m-%d %H:%M UTC", gmtime(&exp));
     printf("joined mesh %s as %s (%s, endpoint %s); certificate valid until %s\ncredentials: %s\n",
            tok.mesh, id.name, ztm_role_name(id.role), id.id, when, dir);
+    if (ztm_agentcli_reload(state) == 0)
+        printf("the running agent has picked the mesh up (ztm status)\n");
+    else
+        printf("start the agent to connect: ztm agent%s%s\n", state ? " --state " : "", state ? state : "");
     ret = ZTM_EXIT_OK;
     goto out;
 write_failed:
