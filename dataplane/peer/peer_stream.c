@@ -87,12 +87,11 @@ static void ring_peek(const uint8_t *ring, uint32_t head, uint32_t off, uint8_t 
     memcpy(dst + first, ring, n - first);
 }
 
+/* The head only moves forward: a receive in flight lands at the tail. */
 static void ring_drop(uint32_t *head, uint32_t *len, uint32_t n)
 {
     *head = (*head + n) % PEER_STREAM_BUF;
     *len -= n;
-    if (!*len)
-        *head = 0;
 }
 
 static uint32_t frame_len(const pstream_t *st)
