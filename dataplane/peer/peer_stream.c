@@ -174,11 +174,14 @@ static pstream_t *pstream_new(ztm_peer_t *p, int fd, bool client, bool udp, cons
 
 /* The local side is finished: its ops are cancelled, the socket closes at
  * the release (with an RST if ABORTIVE). Bytes still held for it are
- * given back to the far end's window. */
+ * given back to the far end's window. May release ST: callers touch it no
+ * more unless a reference of theirs keeps it. */
 static void close_local(pstream_t *st, bool abortive)
 {
-    if (st->local_done)
+    if (st->local_done) {
+        maybe_release(st);
         return;
+    }
     ztm_peer_t *p = st->p;
     st->local_done = true;
     st->abortive = abortive;
@@ -693,7 +696,6 @@ static void on_stream_close(ztm_h2_session_t *s, void *user, int32_t id, void *s
     } else if (!st->down_eof || st->phase != ST_OPEN || st->down_shut) {
         close_local(st, false);
     } /* else the socket still gets what is buffered, then FIN (maybe_shut) */
-    maybe_release(st);
 }
 
 const ztm_h2_callbacks_t peer_h2_callbacks = {
