@@ -45,10 +45,10 @@ const char *ztm_hublink_state_name(ztm_hublink_state_t st); /* "connecting", "up
 typedef struct {
     const char *const *hubs; /* "host:port", tried in this order */
     size_t n_hubs;
-    const char *mesh;   /* the hub's certificate must be of this mesh */
-    ztm_tls_ctx_t *tls; /* client context: our certificate and key, the mesh CA
-                           (the link takes its own reference; swap it with
-                           ztm_hublink_set_tls after a renewal) */
+    const char *mesh;         /* the hub's certificate must be of this mesh */
+    ztm_tls_ctx_t *tls;       /* client context: our certificate and key, the mesh CA
+                                 (the link takes its own reference; swap it with
+                                 ztm_hublink_set_tls after a renewal) */
     /* The link's state changed. HUB is the address in use; WHY says why it
      * went down (NULL when up). */
     void (*on_state)(void *arg, ztm_hublink_state_t st, const char *hub, const char *why);

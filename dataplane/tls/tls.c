@@ -334,8 +334,7 @@ static enum ssl_verify_result_t on_custom_verify(SSL *ssl, uint8_t *out_alert)
         if (!anchor) {
             c->verify_reason = "wrong_ca_pin";
             *out_alert = SSL_AD_UNKNOWN_CA;
-            log_refusal(c, c->verify_reason, 0, leaf,
-                        "no certificate in the chain has the invite's CA pin");
+            log_refusal(c, c->verify_reason, 0, leaf, "no certificate in the chain has the invite's CA pin");
             goto Exit;
         }
         pinned_store = X509_STORE_new();
@@ -591,12 +590,11 @@ NoIdentity:
         goto Fail;
     }
 NoCaFile:
-    SSL_CTX_set_custom_verify(sc,
-                              SSL_VERIFY_PEER |
-                                  (cfg->role == ZTM_TLS_SERVER && !ctx->client_cert_optional
-                                       ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT
-                                       : 0),
-                              on_custom_verify);
+    SSL_CTX_set_custom_verify(
+        sc, SSL_VERIFY_PEER | (cfg->role == ZTM_TLS_SERVER && !ctx->client_cert_optional
+                                   ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+                                   : 0),
+        on_custom_verify);
     if (cfg->role == ZTM_TLS_SERVER) {
         SSL_CTX_set_alpn_select_cb(sc, on_alpn_select, NULL);
         /* Name our CAs in CertificateRequest so clients pick the right cert. */
@@ -896,8 +894,7 @@ int ztm_tls_handshake(ztm_tls_conn_t *c)
                 role_name(c->ctx->role));
         return ztm_tls_conn_fail_(c, ZTM_TLS_E_ALPN);
     }
-    if (SSL_version(c->ssl) != TLS1_3_VERSION ||
-        (!c->peer && !c->ctx->client_cert_optional)) /* broken invariant */
+    if (SSL_version(c->ssl) != TLS1_3_VERSION || (!c->peer && !c->ctx->client_cert_optional)) /* broken invariant */
         abort();
     c->state = CONN_OPEN;
     ZTM_TLS_STAT(handshakes_ok);
