@@ -227,8 +227,8 @@ static int svc_start(ztm_worker_t *w, void *arg)
 {
     driver_t *d = arg;
     d->w = w;
-    ztm_tls_config_t tc = {.role = ZTM_TLS_CLIENT, .cert_file = d->cert, .key_file = d->key,
-                           .ca_file = d->ca};
+    ztm_tls_config_t tc = {
+        .role = ZTM_TLS_CLIENT, .cert_file = d->cert, .key_file = d->key, .ca_file = d->ca};
     ztm_tls_ctx_t *tls;
     int r = ztm_tls_ctx_new(&tls, &tc);
     if (r < 0)
@@ -271,9 +271,11 @@ static bool svc_idle(ztm_worker_t *w, void *arg)
     return true;
 }
 
-static const ztm_service_t driver_service = {
-    .name = "hublink-driver", .start = svc_start, .drain = svc_drain, .stop = svc_drain,
-    .idle = svc_idle};
+static const ztm_service_t driver_service = {.name = "hublink-driver",
+                                             .start = svc_start,
+                                             .drain = svc_drain,
+                                             .stop = svc_drain,
+                                             .idle = svc_idle};
 
 static uint64_t ms_arg(const char *s)
 {
@@ -288,8 +290,23 @@ static uint64_t ms_arg(const char *s)
 
 int main(int argc, char **argv)
 {
-    enum { O_HUB = 256, O_MESH, O_CERT, O_KEY, O_CA, O_NOEV, O_CALL, O_OPEN, O_ACCEPT, O_SEND,
-           O_SEED, O_CDELAY, O_BMIN, O_BMAX, O_LEVEL };
+    enum {
+        O_HUB = 256,
+        O_MESH,
+        O_CERT,
+        O_KEY,
+        O_CA,
+        O_NOEV,
+        O_CALL,
+        O_OPEN,
+        O_ACCEPT,
+        O_SEND,
+        O_SEED,
+        O_CDELAY,
+        O_BMIN,
+        O_BMAX,
+        O_LEVEL
+    };
     static const struct option opts[] = {
         {"hub", required_argument, NULL, O_HUB},
         {"mesh", required_argument, NULL, O_MESH},
@@ -377,8 +394,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "ztm-hublink-driver: --hub, --mesh, --cert, --key and --ca are required\n");
         return 2;
     }
-    ztm_engine_config_t ec = {.workers = 1, .buf_count = 64, .buf_size = 16384,
-                              .drain_timeout_ns = 5 * ZTM_NS_PER_SEC};
+    ztm_engine_config_t ec = {
+        .workers = 1, .buf_count = 64, .buf_size = 16384, .drain_timeout_ns = 5 * ZTM_NS_PER_SEC};
     int r = ztm_engine_run(&ec, &driver_service, &d, NULL);
     if (r < 0) {
         fprintf(stderr, "ztm-hublink-driver: %s\n", ztm_tls_strerror(r));
