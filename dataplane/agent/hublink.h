@@ -70,6 +70,10 @@ void ztm_hublink_stop(ztm_hublink_t *h);
 /* The TLS context for the next connection (after a certificate renewal:
  * live streams stay on the current connection). Takes a reference. */
 void ztm_hublink_set_tls(ztm_hublink_t *h, ztm_tls_ctx_t *tls);
+/* For tests against a bare `ztm controller` (no Relay service): an Events
+ * call answered UNIMPLEMENTED leaves the link up without pushed events,
+ * instead of closing it and backing off. Call right after ztm_hublink_new. */
+void ztm_hublink_allow_no_events(ztm_hublink_t *h, bool allow);
 
 ztm_hublink_state_t ztm_hublink_state(const ztm_hublink_t *h);
 const char *ztm_hublink_hub(const ztm_hublink_t *h); /* the address in use or last tried */

@@ -629,6 +629,11 @@ void ztm_tls_ctx_free(ztm_tls_ctx_t *ctx)
         ctx_unref(ctx);
 }
 
+void ztm_tls_ctx_ref(ztm_tls_ctx_t *ctx)
+{
+    __atomic_add_fetch(&ctx->refs, 1, __ATOMIC_RELAXED);
+}
+
 /* ---- connection ------------------------------------------------------------ */
 
 int ztm_tls_conn_new(ztm_tls_conn_t **out, ztm_tls_ctx_t *ctx, const char *sni)

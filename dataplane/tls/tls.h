@@ -106,6 +106,9 @@ int ztm_tls_ctx_new(ztm_tls_ctx_t **out, const ztm_tls_config_t *cfg);
 /* Drops the caller's reference; the context lives on until its last
  * connection is freed. NULL is a no-op. */
 void ztm_tls_ctx_free(ztm_tls_ctx_t *ctx);
+/* Takes another reference on CTX (dropped with ztm_tls_ctx_free), for a
+ * holder that outlives its creator's reference (an agent's hub link). */
+void ztm_tls_ctx_ref(ztm_tls_ctx_t *ctx);
 
 /* A new connection in CTX's role. SNI (client only, may be NULL) is sent as
  * server_name. The handshake deadline starts now. Returns 0, -EINVAL,
