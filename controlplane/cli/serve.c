@@ -345,7 +345,8 @@ int ztm_serve_main(const ztm_serve_kind_t *k, int argc, char **argv)
             break;
         case O_ACCEPT:
             if (!k->relay)
-                return ztm_cli_bad_option(cmd, '?', argv[optind - 1]);
+                return ztm_cli_usage_error(cmd, "unknown option '--accept-timeout' (see 'ztm %s --help')",
+                                           cmd);
             if (!ztm_flag_seconds(optarg, false, &accept_ns))
                 return ztm_cli_usage_error(cmd, "--accept-timeout '%s': expected seconds > 0", optarg);
             break;

@@ -166,6 +166,7 @@ typedef struct rstream {
     int32_t id;
     bool dirty; /* on r's list of streams whose connection needs a kick */
     struct rstream *dprev, *dnext;
+    struct rstream *aprev, *anext; /* r's list of every stream we own */
 } rstream_t;
 
 typedef struct {
@@ -180,6 +181,7 @@ typedef struct {
     size_t cur_len, cur_off;
     uint8_t *q[EVQ_MAX]; /* framed messages waiting */
     size_t q_len[EVQ_MAX];
+    uint64_t q_session[EVQ_MAX]; /* the session each offers (for the log) */
     unsigned q_head, q_n;
 } events_t;
 
@@ -228,6 +230,7 @@ struct ztm_hub_relay {
     htab_t waiting;   /* session id -> session_t (WAITING) */
     size_t joined;
     rstream_t *dirty_head, *dirty_tail;
+    rstream_t *all;
     presence_t *pq; /* presence changes of this turn */
     size_t pq_n, pq_cap;
     bool draining;
@@ -264,6 +267,30 @@ static void unmark_dirty(rstream_t *s)
         r->dirty_tail = s->dprev;
     s->dirty = false;
     s->dprev = s->dnext = NULL;
+}
+
+/* S becomes ours: its stream data, on the list of every stream. */
+static void stream_own(rstream_t *s)
+{
+    ztm_hub_relay_t *r = s->r;
+    ztm_h2_stream_set_data(s->h, s->id, s);
+    s->aprev = NULL;
+    s->anext = r->all;
+    if (r->all)
+        r->all->aprev = s;
+    r->all = s;
+}
+
+static void stream_disown(rstream_t *s)
+{
+    ztm_hub_relay_t *r = s->r;
+    unmark_dirty(s);
+    if (s->aprev)
+        s->aprev->anext = s->anext;
+    else
+        r->all = s->anext;
+    if (s->anext)
+        s->anext->aprev = s->aprev;
 }
 
 static int presence_push(ztm_hub_relay_t *r, events_t *ev, const char *id, const char *name,
@@ -387,17 +414,18 @@ static void events_push(events_t *ev, uint8_t *msg, size_t len, uint64_t session
         return;
     }
     if (ev->q_n == EVQ_MAX) {
-        free(ev->q[ev->q_head]);
-        ev->q_head = (ev->q_head + 1) % EVQ_MAX;
-        ev->q_n--;
         ztm_log(ZTM_LOG_WARN, "relay.event_dropped",
                 "endpoint=%s session=%" PRIu64 " msg=\"the agent does not read its events; "
                 "the oldest pending one was dropped\"",
-                ev->ep_name, session);
+                ev->ep_name, ev->q_session[ev->q_head]);
+        free(ev->q[ev->q_head]);
+        ev->q_head = (ev->q_head + 1) % EVQ_MAX;
+        ev->q_n--;
     }
     unsigned tail = (ev->q_head + ev->q_n) % EVQ_MAX;
     ev->q[tail] = msg;
     ev->q_len[tail] = len;
+    ev->q_session[tail] = session;
     ev->q_n++;
     ztm_h2_resume(ev->s.h, ev->s.id);
     mark_dirty(&ev->s);
@@ -465,7 +493,7 @@ static void events_start(ztm_hub_relay_t *r, ztm_grpc_conn_t *c, ztm_h2_session_
                       "another Events stream of this endpoint replaced this one");
         ztm_log(ZTM_LOG_INFO, "relay.events_replaced", "endpoint=%s id=%s", who->name, who->id);
     }
-    ztm_h2_stream_set_data(h, id, ev);
+    stream_own(&ev->s);
     ztm_h2_respond(h, id, 200, &CT, 1, ZTM_H2_BODY | ZTM_H2_TRAILERS);
     ztm_log(ZTM_LOG_INFO, "relay.events_open", "endpoint=%s id=%s link=%llu", who->name, who->id,
             (unsigned long long)ztm_link_id(ztm_grpc_conn_link(c)));
@@ -498,20 +526,28 @@ static void events_hello(ztm_hub_relay_t *r, events_t *ev, uint64_t version)
     mark_dirty(&ev->s);
 }
 
+/* EV no longer stands for its endpoint: gone from the registry (opens to
+ * it get 404) and from presence. */
+static void events_leave(events_t *ev, const char *why)
+{
+    ztm_hub_relay_t *r = ev->s.r;
+    if (!ev->registered)
+        return;
+    events_unregister(ev);
+    if (presence_push(r, NULL, ev->ep_id, ev->ep_name, false) < 0)
+        ztm_log(ZTM_LOG_ERROR, "relay.presence", "endpoint=%s error=\"out of memory\"", ev->ep_name);
+    ztm_log(ZTM_LOG_INFO, "relay.events_close", "endpoint=%s id=%s reason=%s", ev->ep_name,
+            ev->ep_id, why);
+}
+
 static void events_close(events_t *ev)
 {
     ztm_hub_relay_t *r = ev->s.r;
     for (size_t i = 0; i < r->pq_n; i++)
         if (r->pq[i].ev == ev)
             r->pq[i].ev = NULL;
-    if (ev->registered) {
-        events_unregister(ev);
-        if (presence_push(r, NULL, ev->ep_id, ev->ep_name, false) < 0)
-            ztm_log(ZTM_LOG_ERROR, "relay.presence", "endpoint=%s error=\"out of memory\"",
-                    ev->ep_name);
-        ztm_log(ZTM_LOG_INFO, "relay.events_close", "endpoint=%s id=%s", ev->ep_name, ev->ep_id);
-    }
-    unmark_dirty(&ev->s);
+    events_leave(ev, "closed");
+    stream_disown(&ev->s);
     events_free(ev);
 }
 
@@ -650,7 +686,7 @@ static void session_open(ztm_hub_relay_t *r, ztm_grpc_conn_t *c, ztm_h2_session_
     snprintf(s->to_name, sizeof(s->to_name), "%s", target->ep_name);
     ztm_timer_init(&s->timer, on_accept_timeout);
     ztm_timer_arm(ztm_worker_timers(r->w), &s->timer, ztm_worker_now(r->w) + r->accept_ns);
-    ztm_h2_stream_set_data(h, id, a);
+    stream_own(&a->s);
 
     Ztm__V1__Incoming in = ZTM__V1__INCOMING__INIT;
     in.session_id = s->id;
@@ -712,7 +748,7 @@ static void session_accept(ztm_hub_relay_t *r, ztm_grpc_conn_t *c, ztm_h2_sessio
     r->joined++;
     s->side[1] = b;
     s->eof[1] = req->end_stream;
-    ztm_h2_stream_set_data(h, id, b);
+    stream_own(&b->s);
     char sid_s[24];
     snprintf(sid_s, sizeof(sid_s), "%" PRIu64, s->id);
     ztm_h2_header_t hd = {"ztm-session", 11, sid_s, strlen(sid_s)};
@@ -788,7 +824,7 @@ static void side_close(side_t *x, uint32_t code)
 {
     session_t *s = x->sess;
     int d = x->dir;
-    unmark_dirty(&x->s);
+    stream_disown(&x->s);
     s->side[d] = NULL;
     /* Bytes it sent that are still here: their credit goes back now (the
      * connection window needs it); in a clean end the other side still
@@ -916,6 +952,26 @@ static void on_stream_close(void *arg, ztm_h2_session_t *h, int32_t id, void *sd
         side_close((side_t *)rs, error_code);
 }
 
+/* C is being closed for a revoked certificate: end its streams now rather
+ * than when its link is gone (a peer that does not read keeps a closing
+ * link for seconds), so that partners learn at once. */
+static void on_conn_revoked(void *arg, ztm_grpc_conn_t *c)
+{
+    ztm_hub_relay_t *r = arg;
+    for (rstream_t *s = r->all; s; s = s->anext) {
+        if (s->c != c)
+            continue;
+        if (s->kind == RS_EVENTS) {
+            events_t *ev = (events_t *)s;
+            events_leave(ev, "revoked");
+            events_finish(ev, ZTM_GRPC_UNAUTHENTICATED, "certificate revoked");
+        } else {
+            ((side_t *)s)->reset_pending = true;
+            mark_dirty(s);
+        }
+    }
+}
+
 /* ---- the relay ---------------------------------------------------------------------- */
 int ztm_hub_relay_new(ztm_worker_t *w, ztm_grpc_server_t *srv, const ztm_hub_relay_config_t *cfg,
                       ztm_hub_relay_t **out)
@@ -942,6 +998,7 @@ int ztm_hub_relay_new(ztm_worker_t *w, ztm_grpc_server_t *srv, const ztm_hub_rel
         .on_end_stream = on_end_stream,
         .read_body = read_body,
         .on_stream_close = on_stream_close,
+        .on_conn_revoked = on_conn_revoked,
         .arg = r,
     };
     int e = ztm_grpc_server_add_route(srv, &r->route);
