@@ -35,6 +35,7 @@
 #define BUF_MIN (16u << 10)        /* a direction's first allocation */
 #define DEFAULT_WINDOW (1u << 20)  /* dataplane/h2's default stream window */
 #define DEFAULT_ACCEPT_NS (10 * ZTM_NS_PER_SEC)
+#define TRIM_NS ZTM_NS_PER_SEC     /* an empty large buffer is freed after this */
 
 /* ---- a small intrusive hash table ---------------------------------------- */
 typedef struct hnode {
@@ -108,6 +109,8 @@ typedef struct {
 /* Appends LEN bytes; grows up to MAX. -ENOBUFS past MAX, -ENOMEM. */
 static int ring_put(ring_t *r, const uint8_t *d, size_t len, size_t max)
 {
+    if (len == 0)
+        return 0;
     if (r->len + len > max)
         return -ENOBUFS;
     if (r->len + len > r->cap) {
@@ -140,6 +143,8 @@ static int ring_put(ring_t *r, const uint8_t *d, size_t len, size_t max)
 static size_t ring_get(ring_t *r, uint8_t *dst, size_t max)
 {
     size_t n = r->len < max ? r->len : max;
+    if (n == 0)
+        return 0;
     size_t first = r->cap - r->head < n ? r->cap - r->head : n;
     memcpy(dst, r->p + r->head, first);
     memcpy(dst + first, r->p, n - first);
@@ -614,9 +619,17 @@ static void session_refuse(session_t *s, int status, const char *reason, const c
     mark_dirty(&a->s);
 }
 
-static void on_accept_timeout(ztm_timer_t *t)
+/* The session's timer: the accept deadline while WAITING, then the trim
+ * of buffers that went empty. */
+static void on_session_timer(ztm_timer_t *t)
 {
     session_t *s = (session_t *)((char *)t - offsetof(session_t, timer));
+    if (s->state != SESS_WAITING) {
+        for (int d = 0; d < 2; d++)
+            if (s->buf[d].len == 0)
+                ring_free(&s->buf[d]);
+        return;
+    }
     char msg[160];
     snprintf(msg, sizeof(msg), "endpoint %s did not accept the session within %.3g s", s->to_name,
              (double)s->r->accept_ns / ZTM_NS_PER_SEC);
@@ -684,7 +697,7 @@ static void session_open(ztm_hub_relay_t *r, ztm_grpc_conn_t *c, ztm_h2_session_
     snprintf(s->from_name, sizeof(s->from_name), "%s", who->name);
     snprintf(s->to_id, sizeof(s->to_id), "%s", target->ep_id);
     snprintf(s->to_name, sizeof(s->to_name), "%s", target->ep_name);
-    ztm_timer_init(&s->timer, on_accept_timeout);
+    ztm_timer_init(&s->timer, on_session_timer);
     ztm_timer_arm(ztm_worker_timers(r->w), &s->timer, ztm_worker_now(r->w) + r->accept_ns);
     stream_own(&a->s);
 
@@ -815,8 +828,11 @@ static ssize_t side_read(side_t *y, uint8_t *dst, size_t max, bool *eof)
         }
     }
     *eof = s->eof[d] && s->buf[d].len == 0;
-    if (s->buf[d].len == 0 && s->buf[d].cap > BUF_MIN)
-        ring_free(&s->buf[d]); /* idle sessions keep no large buffer */
+    /* A session that goes quiet keeps no large buffer: trimmed a moment
+     * later (not at once, which would reallocate all through a transfer
+     * whose reader is faster than its writer). */
+    if (s->buf[d].len == 0 && s->buf[d].cap > BUF_MIN && !ztm_timer_armed(&s->timer))
+        ztm_timer_arm(ztm_worker_timers(s->r->w), &s->timer, ztm_worker_now(s->r->w) + TRIM_NS);
     return (ssize_t)n;
 }
 

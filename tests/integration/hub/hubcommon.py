@@ -65,6 +65,16 @@ class Hub(cp.Controller):
         return dict(os.environ, ZTM_CONFIG_DIR=self.config_dir)
 
 
+def sanitized(pid):
+    """True when process PID runs with ASan or TSan (their allocators keep
+    freed memory resident, so RSS bounds need slack)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return any(("libasan" in line or "libtsan" in line) for line in f)
+    except OSError:
+        return False
+
+
 def start(name="hub", *args, **kw):
     base = cp.subdir(name)
     return Hub(os.path.join(base, "state"), os.path.join(base, "config"), *args, **kw)

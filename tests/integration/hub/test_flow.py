@@ -84,7 +84,10 @@ def run():
     zt.check(e.get("bytes_ab") == str(SIZE) and e.get("bytes_ba") == str(SIZE) and
              e.get("reason") == "done", f"session_end: {e}")
     rss2 = zt.rss_bytes(hub.pid)
-    zt.check(rss2 - rss0 < 24 * hc.MiB, f"hub RSS grew {(rss2 - rss0) >> 20} MiB over the transfer")
+    # ASan's quarantine keeps freed memory (TLS records, frames) resident.
+    slack = 96 * hc.MiB if hc.sanitized(hub.pid) else 24 * hc.MiB
+    zt.log(f"hub RSS after the transfer: {rss2 >> 20} MiB")
+    zt.check(rss2 - rss0 < slack, f"hub RSS grew {(rss2 - rss0) >> 20} MiB over the transfer")
     alice.close()
     bob.close()
     hub.stop()
