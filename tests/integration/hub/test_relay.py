@@ -7,6 +7,7 @@ byte, END_STREAM passed on in each direction; the log tells the session's
 story (session_open, session_joined, session_end with byte counts)."""
 import hashlib
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -76,11 +77,42 @@ def run():
     zt.check(end.get("bytes_ab") == str(len(ab)) and end.get("bytes_ba") == str(len(ba)) and
              end.get("reason") == "done", f"session_end: {end}")
 
-    alice.close()
     bob.close()
-    hub.stop()
+
+    # A session to oneself: both streams on one connection.
+    s1 = alice.open("alice")
+    _, inc = alice.wait_event(a_ev, 2)
+    s2 = alice.accept(inc["session_id"])
+    x, y = os.urandom(300000), os.urandom(200000)
+    o1 = o2 = 0
+    for _ in range(100000):
+        o1 = alice.send_some(s1, x, o1)
+        o2 = alice.send_some(s2, y, o2)
+        alice.pump(0.005)
+        if alice.streams[s1].ended and alice.streams[s2].ended:
+            break
+    zt.check(bytes(alice.streams[s2].data) == x and bytes(alice.streams[s1].data) == y,
+             f"self-session: {len(alice.streams[s2].data)}/{len(x)} and "
+             f"{len(alice.streams[s1].data)}/{len(y)} bytes, or they differ")
+
+    # SIGTERM with alice's Events stream open: it ends with UNAVAILABLE, an
+    # open waiting for an accept gets 503, and the hub exits 0.
+    sa = alice.open("alice")  # to herself: held, nobody will accept
+    alice.wait(lambda: len(hub.logs("relay.session_open", **{"from": "alice", "to": "alice"})) == 2,
+               what="the hub's session_open")
+    hub.signal(signal.SIGTERM)
+    st = alice.wait_end(a_ev, timeout=15)
+    zt.check(st.trailers and st.trailers.get("grpc-status") == "14",
+             f"Events at shutdown: trailers {st.trailers}, reset {st.reset}")
+    st = alice.wait_end(sa, timeout=15)
+    zt.check(st.status == "503" and st.header("ztm-error"), f"waiting open at shutdown: {st.headers}")
+    alice.wait(lambda: alice.closed or not hub.alive(), timeout=15, what="the hub's exit")
+    alice.close()
+    rc = hub.wait_exit(20)
+    zt.check(rc == 0, f"hub after SIGTERM: {zt.describe_rc(rc)}")
     return "Hello names the caller; 404 for a missing peer; open held, Incoming, accept, " \
-           "1 MiB each way exact, END_STREAM both ways, session logged"
+           "1 MiB each way exact, END_STREAM both ways, session logged; a session to oneself; drain ends Events " \
+           "(UNAVAILABLE) and waiting opens (503), exit 0"
 
 
 if __name__ == "__main__":
