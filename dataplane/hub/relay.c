@@ -28,14 +28,14 @@
 #include "dataplane/runtime/log.h"
 #include "ztm/v1/relay.pb-c.h"
 
-#define EVENTS_PATH "/ztm.v1.Relay/Events"
-#define OPEN_PATH "/ztm.relay/open"
-#define ACCEPT_PATH "/ztm.relay/accept"
-#define EVQ_MAX 8                  /* Incoming messages queued per Events stream */
-#define BUF_MIN (16u << 10)        /* a direction's first allocation */
-#define DEFAULT_WINDOW (1u << 20)  /* dataplane/h2's default stream window */
+#define EVENTS_PATH       "/ztm.v1.Relay/Events"
+#define OPEN_PATH         "/ztm.relay/open"
+#define ACCEPT_PATH       "/ztm.relay/accept"
+#define EVQ_MAX           8           /* Incoming messages queued per Events stream */
+#define BUF_MIN           (16u << 10) /* a direction's first allocation */
+#define DEFAULT_WINDOW    (1u << 20)  /* dataplane/h2's default stream window */
 #define DEFAULT_ACCEPT_NS (10 * ZTM_NS_PER_SEC)
-#define TRIM_NS ZTM_NS_PER_SEC     /* an empty large buffer is freed after this */
+#define TRIM_NS           ZTM_NS_PER_SEC /* an empty large buffer is freed after this */
 
 /* ---- a small intrusive hash table ---------------------------------------- */
 typedef struct hnode {
@@ -198,9 +198,9 @@ typedef struct {
     hnode_t node; /* in r->waiting while WAITING */
     uint64_t id;
     sess_state_t state;
-    side_t *side[2]; /* 0: the opener, 1: the acceptor; NULL once its stream closed */
-    ring_t buf[2];   /* bytes from side d waiting to go to the other side */
-    bool eof[2];     /* side d ended its request body */
+    side_t *side[2];   /* 0: the opener, 1: the acceptor; NULL once its stream closed */
+    ring_t buf[2];     /* bytes from side d waiting to go to the other side */
+    bool eof[2];       /* side d ended its request body */
     uint64_t bytes[2]; /* bytes relayed from side d to the other */
     ztm_timer_t timer;
     bool logged_end;
@@ -540,7 +540,8 @@ static void events_leave(events_t *ev, const char *why)
         return;
     events_unregister(ev);
     if (presence_push(r, NULL, ev->ep_id, ev->ep_name, false) < 0)
-        ztm_log(ZTM_LOG_ERROR, "relay.presence", "endpoint=%s error=\"out of memory\"", ev->ep_name);
+        ztm_log(ZTM_LOG_ERROR, "relay.presence", "endpoint=%s error=\"out of memory\"",
+                ev->ep_name);
     ztm_log(ZTM_LOG_INFO, "relay.events_close", "endpoint=%s id=%s reason=%s", ev->ep_name,
             ev->ep_id, why);
 }

@@ -41,11 +41,11 @@ typedef struct {
 } ztm_hub_presence_t;
 
 typedef struct {
-    const char *hub_name; /* Hello.hub_name: the hub's own endpoint name */
-    const char *mesh;     /* only identities of this mesh may use the relay */
+    const char *hub_name;       /* Hello.hub_name: the hub's own endpoint name */
+    const char *mesh;           /* only identities of this mesh may use the relay */
     uint64_t accept_timeout_ns; /* an open not accepted by then gets 504; 0: 10 s */
-    size_t stream_window; /* the server's per-stream receive window (what one
-                             direction may hold); 0: 1 MiB, the h2 default */
+    size_t stream_window;       /* the server's per-stream receive window (what one
+                                   direction may hold); 0: 1 MiB, the h2 default */
     /* The presence changes of one loop turn, in order (called from
      * ztm_hub_relay_run). Returns the store version after them, which the
      * Hellos of the endpoints that came carry. NULL: presence is not kept. */
