@@ -29,6 +29,7 @@ int ztm_cli_log_format(const char *cmd, const char *value);
 int ztm_cmd_relay(int argc, char **argv);
 int ztm_cmd_h2test(int argc, char **argv);
 int ztm_cmd_controller(int argc, char **argv);
+int ztm_cmd_hub(int argc, char **argv);
 int ztm_cmd_invite(int argc, char **argv);
 int ztm_cmd_revoke(int argc, char **argv);
 int ztm_cmd_get(int argc, char **argv);

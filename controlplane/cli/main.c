@@ -10,6 +10,7 @@ static int cmd_version(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 static const ztm_cli_command_t commands[] = {
+    {"hub", ztm_cmd_hub, "run a hub: the control plane and the relay agents meet through", 0},
     {"controller", ztm_cmd_controller, "run the control plane alone (CA, invites, registry, API)", 0},
     {"ca", ztm_cmd_ca, "make the mesh CA and the first admin (init), or show it", 0},
     {"invite", ztm_cmd_invite, "print a one-time invite token for a new endpoint", 0},

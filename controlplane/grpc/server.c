@@ -579,6 +579,9 @@ static void cut_revoked(ztm_grpc_server_t *s)
                 finish_with(call, ZTM_GRPC_UNAUTHENTICATED, "certificate revoked");
             }
         }
+        for (size_t i = 0; i < s->n_routes; i++)
+            if (s->routes[i].on_conn_revoked)
+                s->routes[i].on_conn_revoked(s->routes[i].arg, c);
         ztm_h2_shutdown(c->h2);
         conn_kick(c); /* trailers and GOAWAY go out before close_notify */
         ztm_link_close(c->link, "certificate revoked");

@@ -89,6 +89,13 @@ struct ztm_grpc_route {
                          size_t max, bool *eof);
     void (*on_stream_close)(void *arg, ztm_h2_session_t *h, int32_t id, void *sdata,
                             uint32_t error_code);
+    /* Optional: C's certificate was revoked and C is being closed (GOAWAY
+     * sent, the link closing). Its streams close when the link is gone,
+     * which may take a while (a peer that does not read); a route that
+     * ties them to other connections can end them at once. Called outside
+     * every session callback; do only bookkeeping here (the server flushes
+     * C right after). */
+    void (*on_conn_revoked)(void *arg, ztm_grpc_conn_t *c);
     void *arg;
 };
 /* Adds ROUTE (copied; at most 4). 0 or -EINVAL. */
