@@ -265,7 +265,7 @@ static int read_file(const char *path, char **out, size_t *len)
 static int load_identity(mesh_t *m, char *err, size_t cap)
 {
     char path[AGENT_PATH_MAX + 32], *pem = NULL;
-    size_t len;
+    size_t len = 0;
     snprintf(path, sizeof(path), "%s/cert.pem", m->dir);
     int r = read_file(path, &pem, &len);
     if (r < 0) {
@@ -415,10 +415,11 @@ static int read_conf(mesh_t *m, char *err, size_t cap)
     char line[512];
     while (fgets(line, sizeof(line), f)) {
         line[strcspn(line, "\r\n")] = 0;
-        if (strncmp(line, "mesh=", 5) == 0)
-            snprintf(m->mesh_id, sizeof(m->mesh_id), "%s", line + 5);
-        else if (strncmp(line, "hub=", 4) == 0 && m->n_hubs < AGENT_MAX_HUBS)
-            snprintf(m->hubs[m->n_hubs++], sizeof(m->hubs[0]), "%s", line + 4);
+        size_t n = strlen(line);
+        if (strncmp(line, "mesh=", 5) == 0 && n - 5 < sizeof(m->mesh_id))
+            memcpy(m->mesh_id, line + 5, n - 5 + 1);
+        else if (strncmp(line, "hub=", 4) == 0 && m->n_hubs < AGENT_MAX_HUBS && n - 4 < sizeof(m->hubs[0]))
+            memcpy(m->hubs[m->n_hubs++], line + 4, n - 4 + 1);
     }
     fclose(f);
     if (!m->n_hubs || !ztm_mesh_valid(m->mesh_id)) {
@@ -557,7 +558,7 @@ unsigned agent_reload(agent_t *a, char added[][ZTM_MESH_MAX + 1], unsigned cap)
             continue;
         }
         if (added && n < cap)
-            snprintf(added[n], ZTM_MESH_MAX + 1, "%s", e->d_name);
+            memcpy(added[n], e->d_name, strlen(e->d_name) + 1); /* a valid mesh name: short */
         n++;
     }
     closedir(d);

@@ -42,6 +42,7 @@ struct tunnel {
     /* import */
     char listen[300];
     char via[ZTM_NAME_MAX + 1];
+    char route[ZTM_NAME_MAX + 1]; /* UDP imports: the exporter new flows go to */
     char bound[ZTM_ADDRSTRLEN];
     int lfd;
     ztm_acceptor_t acceptor;
@@ -130,6 +131,9 @@ void tunnels_link_up(mesh_t *m);
 const char *tunnels_resolve(void *arg, const ztm_identity_t *caller, const char *service, bool udp,
                             ztm_addr_t *to);
 bool tunnel_name_valid(const char *name);
+/* Asks the control plane which endpoints export T's service (once at a
+ * time); the answer routes what waits (TCP connections, UDP flows). */
+void tunnels_look_up(tunnel_t *t);
 
 /* ---- api.c --------------------------------------------------------------- */
 int agent_api_start(agent_t *a);

@@ -2,6 +2,7 @@
  * mode (0600, in a 0700 state directory) is the authentication: only the
  * agent's user reaches it. */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,10 +18,15 @@
 
 #define MAX_MESHES 64
 
-static void fail(ztm_api_reply_t *r, ztm_grpc_status_t st, const char *fmt, const char *a, const char *b)
+static void fail(ztm_api_reply_t *r, ztm_grpc_status_t st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fail(ztm_api_reply_t *r, ztm_grpc_status_t st, const char *fmt, ...)
 {
     r->status = st;
-    snprintf(r->message, sizeof(r->message), fmt, a ? a : "", b ? b : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->message, sizeof(r->message), fmt, ap);
+    va_end(ap);
 }
 
 static void reply_with(ztm_api_reply_t *r, const ProtobufCMessage *msg)
@@ -28,7 +34,7 @@ static void reply_with(ztm_api_reply_t *r, const ProtobufCMessage *msg)
     size_t len = protobuf_c_message_get_packed_size(msg);
     r->body = malloc(len ? len : 1);
     if (!r->body) {
-        fail(r, ZTM_GRPC_RESOURCE_EXHAUSTED, "out of memory%s%s", NULL, NULL);
+        fail(r, ZTM_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
     protobuf_c_message_pack(msg, r->body);
@@ -42,15 +48,15 @@ static mesh_t *pick_mesh(agent_t *a, const char *name, ztm_api_reply_t *r)
     if (name && *name) {
         mesh_t *m = agent_mesh_find(a, name);
         if (!m)
-            fail(r, ZTM_GRPC_NOT_FOUND, "not joined to a mesh called '%s' (see: ztm status)%s", name, NULL);
+            fail(r, ZTM_GRPC_NOT_FOUND, "not joined to a mesh called '%s' (see: ztm status)", name);
         return m;
     }
     if (!a->meshes) {
-        fail(r, ZTM_GRPC_FAILED_PRECONDITION, "not joined to any mesh yet (ztm join TOKEN)%s%s", NULL, NULL);
+        fail(r, ZTM_GRPC_FAILED_PRECONDITION, "not joined to any mesh yet (ztm join TOKEN)");
         return NULL;
     }
     if (a->meshes->next) {
-        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "joined to several meshes: say which with --mesh NAME%s%s", NULL, NULL);
+        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "joined to several meshes: say which with --mesh NAME");
         return NULL;
     }
     return a->meshes;
@@ -119,7 +125,7 @@ static void do_status(agent_t *a, const uint8_t *req, size_t len, ztm_api_reply_
     Ztm__V1__TunnelStatus **tsp = calloc(nt ? nt : 1, sizeof(*tsp));
     char *errs = calloc(nm ? nm : 1, 200);
     if (!ms || !msp || !ts || !tsp || !errs) {
-        fail(r, ZTM_GRPC_RESOURCE_EXHAUSTED, "out of memory%s%s", NULL, NULL);
+        fail(r, ZTM_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
     char dir[AGENT_PATH_MAX];
@@ -198,11 +204,11 @@ static void do_leave(agent_t *a, const uint8_t *req, size_t len, ztm_api_reply_t
 {
     Ztm__V1__LeaveRequest *q = ztm__v1__leave_request__unpack(NULL, len, req);
     if (!q) {
-        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "malformed LeaveRequest%s%s", NULL, NULL);
+        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "malformed LeaveRequest");
         return;
     }
     if (!q->mesh || !*q->mesh) {
-        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "say which mesh to leave%s%s", NULL, NULL);
+        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "say which mesh to leave");
     } else {
         mesh_t *m = pick_mesh(a, q->mesh, r);
         if (m) {
@@ -218,7 +224,7 @@ static void do_add(agent_t *a, const uint8_t *req, size_t len, ztm_api_reply_t *
 {
     Ztm__V1__AddTunnelRequest *q = ztm__v1__add_tunnel_request__unpack(NULL, len, req);
     if (!q || !q->spec) {
-        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "malformed AddTunnelRequest%s%s", NULL, NULL);
+        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "malformed AddTunnelRequest");
         goto out;
     }
     Ztm__V1__TunnelSpec *sp = q->spec;
@@ -228,45 +234,43 @@ static void do_add(agent_t *a, const uint8_t *req, size_t len, ztm_api_reply_t *
     tunnel_t spec = {0};
     bool exp = sp->direction == ZTM__V1__TUNNEL_DIRECTION__TUNNEL_EXPORT;
     if (!exp && sp->direction != ZTM__V1__TUNNEL_DIRECTION__TUNNEL_IMPORT) {
-        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "direction: export or import%s%s", NULL, NULL);
+        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "direction: export or import");
         goto out;
     }
     spec.export_ = exp;
     spec.udp = sp->udp;
     if (!sp->name || strlen(sp->name) > AGENT_SVC_MAX || !tunnel_name_valid(sp->name)) {
         fail(r, ZTM_GRPC_INVALID_ARGUMENT,
-             "'%s' is not a service name (lower-case letters, digits, '.', '_', '-'; at most 63)%s",
-             sp->name ? sp->name : "", NULL);
+             "'%s' is not a service name (lower-case letters, digits, '.', '_', '-'; at most 63)", sp->name ? sp->name : "");
         goto out;
     }
     snprintf(spec.name, sizeof(spec.name), "%s", sp->name);
     if (exp) {
         if (!sp->target || !*sp->target || strlen(sp->target) >= sizeof(spec.target)) {
-            fail(r, ZTM_GRPC_INVALID_ARGUMENT, "an export needs --to HOST:PORT%s%s", NULL, NULL);
+            fail(r, ZTM_GRPC_INVALID_ARGUMENT, "an export needs --to HOST:PORT");
             goto out;
         }
         snprintf(spec.target, sizeof(spec.target), "%s", sp->target);
         if (sp->n_allow > AGENT_MAX_ALLOW) {
-            fail(r, ZTM_GRPC_INVALID_ARGUMENT, "--allow: at most 16 entries%s%s", NULL, NULL);
+            fail(r, ZTM_GRPC_INVALID_ARGUMENT, "--allow: at most 16 entries");
             goto out;
         }
         for (size_t i = 0; i < sp->n_allow; i++) {
             if (!ztm_name_valid(sp->allow[i])) {
-                fail(r, ZTM_GRPC_INVALID_ARGUMENT, "--allow: '%s' is not an endpoint name or role%s",
-                     sp->allow[i], NULL);
+                fail(r, ZTM_GRPC_INVALID_ARGUMENT, "--allow: '%s' is not an endpoint name or role", sp->allow[i]);
                 goto out;
             }
             snprintf(spec.allow[spec.n_allow++], ZTM_NAME_MAX + 1, "%s", sp->allow[i]);
         }
     } else {
         if (!sp->listen || !*sp->listen || strlen(sp->listen) >= sizeof(spec.listen)) {
-            fail(r, ZTM_GRPC_INVALID_ARGUMENT, "an import needs --listen [HOST:]PORT%s%s", NULL, NULL);
+            fail(r, ZTM_GRPC_INVALID_ARGUMENT, "an import needs --listen [HOST:]PORT");
             goto out;
         }
         snprintf(spec.listen, sizeof(spec.listen), "%s", sp->listen);
         if (sp->via && *sp->via) {
             if (!ztm_name_valid(sp->via)) {
-                fail(r, ZTM_GRPC_INVALID_ARGUMENT, "--via '%s': not an endpoint name%s", sp->via, NULL);
+                fail(r, ZTM_GRPC_INVALID_ARGUMENT, "--via '%s': not an endpoint name", sp->via);
                 goto out;
             }
             snprintf(spec.via, sizeof(spec.via), "%s", sp->via);
@@ -276,7 +280,7 @@ static void do_add(agent_t *a, const uint8_t *req, size_t len, ztm_api_reply_t *
     tunnel_t *t;
     int e = tunnel_add(m, &spec, &t, err, sizeof(err));
     if (e < 0) {
-        fail(r, e == -EEXIST ? ZTM_GRPC_ALREADY_EXISTS : ZTM_GRPC_INVALID_ARGUMENT, "%s%s", err, NULL);
+        fail(r, e == -EEXIST ? ZTM_GRPC_ALREADY_EXISTS : ZTM_GRPC_INVALID_ARGUMENT, "%s", err);
         goto out;
     }
     if ((e = tunnels_save(m)) < 0) {
@@ -298,7 +302,7 @@ static void do_remove(agent_t *a, const uint8_t *req, size_t len, ztm_api_reply_
 {
     Ztm__V1__RemoveTunnelRequest *q = ztm__v1__remove_tunnel_request__unpack(NULL, len, req);
     if (!q) {
-        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "malformed RemoveTunnelRequest%s%s", NULL, NULL);
+        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "malformed RemoveTunnelRequest");
         return;
     }
     mesh_t *m = pick_mesh(a, q->mesh, r);
@@ -306,12 +310,12 @@ static void do_remove(agent_t *a, const uint8_t *req, size_t len, ztm_api_reply_
         bool exp = q->direction == ZTM__V1__TUNNEL_DIRECTION__TUNNEL_EXPORT;
         tunnel_t *t = q->name ? tunnel_find(m, exp, q->name, q->udp) : NULL;
         if (!t) {
-            fail(r, ZTM_GRPC_NOT_FOUND, "no such tunnel: %s (see: ztm tunnel ls)%s", q->name ? q->name : "", NULL);
+            fail(r, ZTM_GRPC_NOT_FOUND, "no such tunnel: %s (see: ztm tunnel ls)", q->name ? q->name : "");
         } else {
             tunnel_remove(t);
             int e = tunnels_save(m);
             if (e < 0) {
-                fail(r, ZTM_GRPC_INTERNAL, "removed, but cannot write %s/tunnels.conf%s", m->dir, NULL);
+                fail(r, ZTM_GRPC_INTERNAL, "removed, but cannot write %s/tunnels.conf", m->dir);
             } else {
                 Ztm__V1__RemoveTunnelResponse resp = ZTM__V1__REMOVE_TUNNEL_RESPONSE__INIT;
                 reply_with(r, &resp.base);
@@ -325,7 +329,7 @@ static void do_list(agent_t *a, const uint8_t *req, size_t len, ztm_api_reply_t 
 {
     Ztm__V1__ListTunnelsRequest *q = ztm__v1__list_tunnels_request__unpack(NULL, len, req);
     if (!q) {
-        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "malformed ListTunnelsRequest%s%s", NULL, NULL);
+        fail(r, ZTM_GRPC_INVALID_ARGUMENT, "malformed ListTunnelsRequest");
         return;
     }
     mesh_t *only = NULL;
@@ -338,7 +342,7 @@ static void do_list(agent_t *a, const uint8_t *req, size_t len, ztm_api_reply_t 
     tstat_t *ts = calloc(n ? n : 1, sizeof(*ts));
     Ztm__V1__TunnelStatus **tsp = calloc(n ? n : 1, sizeof(*tsp));
     if (!ts || !tsp) {
-        fail(r, ZTM_GRPC_RESOURCE_EXHAUSTED, "out of memory%s%s", NULL, NULL);
+        fail(r, ZTM_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     } else {
         for (mesh_t *m = a->meshes; m; m = m->next)
             if (!only || m == only)
@@ -375,7 +379,7 @@ static void on_call(void *arg, const char *path, const ztm_identity_t *caller, c
             methods[i].fn(arg, req, len, reply);
             return;
         }
-    fail(reply, ZTM_GRPC_UNIMPLEMENTED, "unknown method %.120s%s", path, NULL);
+    fail(reply, ZTM_GRPC_UNIMPLEMENTED, "unknown method %.120s", path);
 }
 
 /* ---- the socket ----------------------------------------------------------- */

@@ -125,9 +125,10 @@ void tunnels_load(mesh_t *m)
             } else {
                 snprintf(spec.listen, sizeof(spec.listen), "%s", where);
                 if (k == 5) {
-                    ok = strncmp(extra, "via=", 4) == 0 && ztm_name_valid(extra + 4);
+                    ok = strncmp(extra, "via=", 4) == 0 && ztm_name_valid(extra + 4) &&
+                         strlen(extra + 4) < sizeof(spec.via);
                     if (ok)
-                        snprintf(spec.via, sizeof(spec.via), "%s", extra + 4);
+                        memcpy(spec.via, extra + 4, strlen(extra + 4) + 1);
                 }
             }
         }
@@ -350,6 +351,7 @@ static void on_route(void *arg, ztm_grpc_status_t st, const char *msg, const uin
     if (st != ZTM_GRPC_OK) {
         snprintf(t->error, sizeof(t->error), "route lookup: %s", msg);
         close_pending(t, t->error);
+        udp_import_route(t, NULL);
         return;
     }
     Ztm__V1__ListServicesResponse *resp = ztm__v1__list_services_response__unpack(NULL, len, body);
@@ -376,8 +378,13 @@ static void on_route(void *arg, ztm_grpc_status_t st, const char *msg, const uin
     if (n == 0) {
         snprintf(t->error, sizeof(t->error), "no endpoint exports %s/%s", t->name, t->udp ? "udp" : "tcp");
         close_pending(t, t->error);
+        udp_import_route(t, NULL);
     } else {
         t->error[0] = 0;
+        if (t->udp) {
+            snprintf(t->route, sizeof(t->route), "%s", names[t->rr++ % n]);
+            udp_import_route(t, t->route);
+        }
         for (unsigned i = 0; i < t->n_pending; i++)
             carry(t, names[t->rr++ % n], t->pending_fds[i]);
         t->n_pending = 0;
@@ -386,13 +393,14 @@ static void on_route(void *arg, ztm_grpc_status_t st, const char *msg, const uin
         ztm__v1__list_services_response__free_unpacked(resp, NULL);
 }
 
-static void look_up(tunnel_t *t)
+void tunnels_look_up(tunnel_t *t)
 {
     mesh_t *m = t->m;
     if (t->looking_up)
         return;
     if (!m->hl || ztm_hublink_state(m->hl) != ZTM_HUBLINK_UP) {
         close_pending(t, "not connected to the hub");
+        udp_import_route(t, NULL);
         return;
     }
     Ztm__V1__ListServicesRequest req = ZTM__V1__LIST_SERVICES_REQUEST__INIT;
@@ -405,10 +413,12 @@ static void look_up(tunnel_t *t)
         return;
     }
     protobuf_c_message_pack(&req.base, buf);
-    if (tcall_start(t, "/ztm.v1.Services/List", buf, len, on_route) == 0)
+    if (tcall_start(t, "/ztm.v1.Services/List", buf, len, on_route) == 0) {
         t->looking_up = true;
-    else
+    } else {
         close_pending(t, "not connected to the hub");
+        udp_import_route(t, NULL);
+    }
     free(buf);
 }
 
@@ -436,7 +446,7 @@ static void on_accept(ztm_acceptor_t *acc, int fd)
         t->cap_pending = cap;
     }
     t->pending_fds[t->n_pending++] = fd;
-    look_up(t);
+    tunnels_look_up(t);
 }
 
 /* "PORT" or "HOST:PORT" (HOST default 127.0.0.1: an import is local unless
