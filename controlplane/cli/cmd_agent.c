@@ -22,6 +22,17 @@
 int ztm_agent_state_dir(char out[ZTM_PATH_MAX]);
 
 /* ---- talking to the agent ------------------------------------------------ */
+/* The CLI's own connection is not news: warnings and errors only, unless
+ * ZTM_LOG_LEVEL asks for more. */
+static void quiet_logs(void)
+{
+    ztm_log_level_t lvl = ZTM_LOG_WARN;
+    const char *env = getenv("ZTM_LOG_LEVEL");
+    if (env)
+        ztm_log_parse_level(env, &lvl);
+    ztm_log_set_level(lvl);
+}
+
 /* Calls the agent whose state directory is STATE (NULL: the default) and
  * returns its answer in *RES; prints the error and returns an exit code
  * when there is none. */
@@ -37,6 +48,7 @@ static int agent_call(const char *cmd, const char *state, const char *method, co
         return ztm_cli_usage_error(cmd, "the state directory's path is too long for a Unix socket");
     ztm_grpc_target_t t = {.timeout_ns = 15ull * 1000000000ull};
     ztm_addr_unix(sock, &t.addr);
+    quiet_logs();
     size_t len = protobuf_c_message_get_packed_size(req);
     uint8_t *buf = malloc(len ? len : 1);
     if (!buf)
@@ -591,6 +603,7 @@ int ztm_agentcli_reload(const char *state)
     Ztm__V1__ReloadRequest req = ZTM__V1__RELOAD_REQUEST__INIT;
     ztm_grpc_target_t t = {.timeout_ns = 5ull * 1000000000ull};
     ztm_addr_unix(sock, &t.addr);
+    quiet_logs();
     uint8_t buf[8];
     size_t len = protobuf_c_message_pack(&req.base, buf);
     ztm_grpc_result_t res = {0};
