@@ -549,6 +549,34 @@ static void tunnel_stop(tunnel_t *t)
     t->cap_pending = 0;
 }
 
+/* An import's acceptor is embedded in its tunnel and its multishot accept
+ * completes (cancelled) only after the stop: until then the tunnel waits on
+ * the agent's retired list, detached from its mesh (which may go first). */
+static void tunnel_free(tunnel_t *t)
+{
+    if (t->acceptor.w && !ztm_acceptor_closed(&t->acceptor)) {
+        agent_t *a = t->m->a;
+        t->m = NULL;
+        t->next = a->retired;
+        a->retired = t;
+        return;
+    }
+    free(t);
+}
+
+void tunnels_reap(agent_t *a, bool all)
+{
+    for (tunnel_t **pp = &a->retired; *pp;) {
+        tunnel_t *t = *pp;
+        if (all || ztm_acceptor_closed(&t->acceptor)) {
+            *pp = t->next;
+            free(t);
+        } else {
+            pp = &t->next;
+        }
+    }
+}
+
 void tunnel_remove(tunnel_t *t)
 {
     mesh_t *m = t->m;
@@ -560,7 +588,7 @@ void tunnel_remove(tunnel_t *t)
             *pp = t->next;
             break;
         }
-    free(t);
+    tunnel_free(t);
 }
 
 void tunnels_stop_all(mesh_t *m)
@@ -569,6 +597,6 @@ void tunnels_stop_all(mesh_t *m)
         tunnel_t *t = m->tunnels;
         m->tunnels = t->next;
         tunnel_stop(t);
-        free(t);
+        tunnel_free(t);
     }
 }
