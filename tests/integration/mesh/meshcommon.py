@@ -176,7 +176,7 @@ def _run(argv, env, timeout=30, input=None):
 def _base_env():
     env = dict(os.environ)
     for k in ("ZTM_STATE_DIR", "ZTM_CONFIG_DIR", "ZTM_CONTROLLER", "XDG_STATE_HOME",
-              "XDG_CONFIG_HOME", "ZTM_LOG_LEVEL"):
+              "XDG_CONFIG_HOME", "ZTM_LOG_LEVEL", "SSLKEYLOGFILE"):
         env.pop(k, None)
     return env
 
