@@ -613,3 +613,13 @@ class Pusher:
         zt.check(self.done.wait(timeout), f"the transfer did not end within {timeout}s "
                  f"(sent {self.sent}, received {self.received})")
         return self.result
+
+
+def check_all_sanitizers():
+    """No ztm process of this test (running, stopped or killed) printed a
+    sanitizer report."""
+    with zt._procs_lock:
+        procs = list(zt._procs)
+    for p in procs:
+        if isinstance(p, Daemon):
+            p.check_sanitizer()

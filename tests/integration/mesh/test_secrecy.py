@@ -132,6 +132,7 @@ def run():
     for a in (alice, bob):
         a.stop()
     hub.stop()
+    mc.check_all_sanitizers()
     return (f"key log decrypts the hub link ({len(paths)} :paths, {len(relayed)} B of DATA); "
             f"marker absent from raw and decrypted capture")
 

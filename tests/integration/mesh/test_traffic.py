@@ -198,6 +198,7 @@ def run():
     for a in (alice, bob):
         a.stop()
     hub.stop()
+    mc.check_all_sanitizers()
     return "; ".join(parts)
 
 

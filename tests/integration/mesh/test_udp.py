@@ -113,6 +113,7 @@ def run():
         a.stop()
     hub.stop()
     echo.close()
+    mc.check_all_sanitizers()
     return f"{len(SIZES)} sizes (0..65507 B) exact, 3 flows x 40 exact, udp+tcp side by side"
 
 
