@@ -191,7 +191,9 @@ int ztm_cmd_join(int argc, char **argv)
         fprintf(stderr, "ztm join: error: the certificate or CA returned does not match the token\n");
         goto out;
     }
-    if ((r = ztm_mkdirs(dir, 0700)) < 0) {
+    /* The state directory itself is private too (the agent's socket and
+     * every mesh's key live under it), not only the mesh's folder. */
+    if ((r = ztm_mkdirs(base, 0700)) < 0 || (r = ztm_mkdirs(dir, 0700)) < 0) {
         fprintf(stderr, "ztm join: error: cannot create %s: %s\n", dir, strerror(-r));
         goto out;
     }
