@@ -633,6 +633,10 @@ int ztm_agent_run(const ztm_agent_config_t *cfg)
     int r = ztm_agent_socket_path(cfg->state_dir, a.sock_path, sizeof(a.sock_path));
     if (r < 0)
         return r;
+    /* One agent per state directory: refused before anything starts, so the
+     * caller's one line says it (svc_start checks again, for a race). */
+    if (agent_api_in_use(a.sock_path))
+        return -EADDRINUSE;
     ztm_engine_config_t ec = {.workers = 1, .pin = false, .drain_timeout_ns = cfg->drain_timeout_ns,
                               .buf_count = 256, .buf_size = 65536};
     return ztm_engine_run(&ec, &agent_service, &a, on_ready);

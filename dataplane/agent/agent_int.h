@@ -140,6 +140,8 @@ bool tunnel_name_valid(const char *name);
 void tunnels_look_up(tunnel_t *t);
 
 /* ---- api.c --------------------------------------------------------------- */
+/* True when an agent answers on the Unix socket PATH. */
+bool agent_api_in_use(const char *path);
 int agent_api_start(agent_t *a);
 void agent_api_stop(agent_t *a);
 /* Runs the API calls that came in this loop turn (from the service's tick). */

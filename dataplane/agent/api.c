@@ -389,6 +389,21 @@ static void on_api_accept(ztm_acceptor_t *acc, int fd)
     ztm_grpc_server_accept(a->api, fd, NULL);
 }
 
+/* A socket that answers belongs to a running agent; one that does not is
+ * left over from a crash. */
+bool agent_api_in_use(const char *path)
+{
+    ztm_addr_t ua;
+    if (ztm_addr_unix(path, &ua) < 0)
+        return false;
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe < 0)
+        return false;
+    bool answers = connect(probe, (struct sockaddr *)&ua.ss, ua.len) == 0;
+    close(probe);
+    return answers;
+}
+
 int agent_api_start(agent_t *a)
 {
     ztm_addr_t ua;
@@ -397,17 +412,11 @@ int agent_api_start(agent_t *a)
         ztm_log(ZTM_LOG_ERROR, "agent.socket", "path=%s error=\"path too long for a Unix socket\"", a->sock_path);
         return r;
     }
-    /* A socket that answers belongs to a running agent; one that does not
-     * is left over from a crash. */
-    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (probe >= 0 && connect(probe, (struct sockaddr *)&ua.ss, ua.len) == 0) {
-        close(probe);
+    if (agent_api_in_use(a->sock_path)) {
         ztm_log(ZTM_LOG_ERROR, "agent.socket", "path=%s error=\"another agent is running with this state "
                 "directory\"", a->sock_path);
         return -EADDRINUSE;
     }
-    if (probe >= 0)
-        close(probe);
     unlink(a->sock_path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
