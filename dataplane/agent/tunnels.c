@@ -94,6 +94,63 @@ static bool parse_allow(tunnel_t *t, const char *list, char *err, size_t cap)
     return true;
 }
 
+/* One line of tunnels.conf into SPEC; false with ERR naming the bad part. */
+static bool parse_line(const char *line, tunnel_t *spec, char *err, size_t cap)
+{
+    static const char form[] = "export NAME tcp|udp HOST:PORT [allow=A,B] or import NAME tcp|udp [HOST:]PORT [via=E]";
+    char dir[16] = "", name[128] = "", proto[8] = "", where[300] = "", extra[1200] = "", more[2] = "";
+    int k = sscanf(line, "%15s %127s %7s %299s %1199s %1s", dir, name, proto, where, extra, more);
+    if (strcmp(dir, "export") != 0 && strcmp(dir, "import") != 0) {
+        snprintf(err, cap, "'%.15s': expected export or import (%s)", dir, form);
+        return false;
+    }
+    if (k < 2 || !tunnel_name_valid(name)) {
+        snprintf(err, cap, "'%.80s' is not a service name (lower-case letters, digits, '.', '_', '-')", name);
+        return false;
+    }
+    if (k < 3 || (strcmp(proto, "tcp") != 0 && strcmp(proto, "udp") != 0)) {
+        snprintf(err, cap, "'%.7s': expected tcp or udp", proto);
+        return false;
+    }
+    if (k < 4) {
+        snprintf(err, cap, "no address after '%s %s %s' (%s)", dir, name, proto, form);
+        return false;
+    }
+    if (k == 6) {
+        snprintf(err, cap, "more than one option after the address ('%.60s ...')", extra);
+        return false;
+    }
+    spec->export_ = dir[0] == 'e';
+    spec->udp = proto[0] == 'u';
+    snprintf(spec->name, sizeof(spec->name), "%s", name);
+    if (spec->export_) {
+        snprintf(spec->target, sizeof(spec->target), "%s", where);
+        if (k == 5 && strncmp(extra, "allow=", 6) != 0) {
+            snprintf(err, cap, "'%.60s': an export takes allow=A,B,... only", extra);
+            return false;
+        }
+        return k < 5 || parse_allow(spec, extra + 6, err, cap);
+    }
+    snprintf(spec->listen, sizeof(spec->listen), "%s", where);
+    if (k == 5) {
+        if (strncmp(extra, "via=", 4) != 0 || !ztm_name_valid(extra + 4) || strlen(extra + 4) >= sizeof(spec->via)) {
+            snprintf(err, cap, "'%.60s': an import takes via=ENDPOINT only", extra);
+            return false;
+        }
+        memcpy(spec->via, extra + 4, strlen(extra + 4) + 1);
+    }
+    return true;
+}
+
+/* The file is the user's to edit: what we echo of it must not break the
+ * log line's quoting. */
+static void log_safe(char *s)
+{
+    for (; *s; s++)
+        if (*s == '"' || *s == '\\' || (unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
+            *s = '?';
+}
+
 void tunnels_load(mesh_t *m)
 {
     char path[AGENT_PATH_MAX + 32];
@@ -105,37 +162,26 @@ void tunnels_load(mesh_t *m)
     unsigned lineno = 0;
     while (fgets(line, sizeof(line), f)) {
         lineno++;
-        line[strcspn(line, "\r\n")] = 0;
-        if (!line[0] || line[0] == '#')
-            continue;
-        char dir[16] = "", name[128] = "", proto[8] = "", where[300] = "", extra[1200] = "";
-        int k = sscanf(line, "%15s %127s %7s %299s %1199s", dir, name, proto, where, extra);
-        tunnel_t spec = {0};
+        size_t len = strlen(line);
         char err[256] = "";
-        bool ok = k >= 4 && (strcmp(dir, "export") == 0 || strcmp(dir, "import") == 0) &&
-                  (strcmp(proto, "tcp") == 0 || strcmp(proto, "udp") == 0) && tunnel_name_valid(name);
-        if (ok) {
-            spec.export_ = dir[0] == 'e';
-            spec.udp = proto[0] == 'u';
-            snprintf(spec.name, sizeof(spec.name), "%s", name);
-            if (spec.export_) {
-                snprintf(spec.target, sizeof(spec.target), "%s", where);
-                if (k == 5)
-                    ok = strncmp(extra, "allow=", 6) == 0 && parse_allow(&spec, extra + 6, err, sizeof(err));
-            } else {
-                snprintf(spec.listen, sizeof(spec.listen), "%s", where);
-                if (k == 5) {
-                    ok = strncmp(extra, "via=", 4) == 0 && ztm_name_valid(extra + 4) &&
-                         strlen(extra + 4) < sizeof(spec.via);
-                    if (ok)
-                        memcpy(spec.via, extra + 4, strlen(extra + 4) + 1);
-                }
-            }
-        }
-        if (ok && tunnel_add(m, &spec, NULL, err, sizeof(err)) == 0)
+        if (len == sizeof(line) - 1 && line[len - 1] != '\n' && !feof(f)) {
+            /* Longer than any line we write: skip all of it, not just a
+             * piece (the rest must not be read as lines of its own). */
+            int c;
+            while ((c = fgetc(f)) != EOF && c != '\n')
+                ;
+            ztm_log(ZTM_LOG_WARN, "agent.tunnel_skipped", "file=%s line=%u error=\"longer than %zu bytes\"", path,
+                    lineno, sizeof(line) - 2);
             continue;
-        ztm_log(ZTM_LOG_WARN, "agent.tunnel_skipped", "file=%s line=%u error=\"%s\"", path, lineno,
-                *err ? err : "expected: export|import NAME tcp|udp ADDRESS [allow=...|via=...]");
+        }
+        line[strcspn(line, "\r\n")] = 0;
+        if (!line[strspn(line, " \t")] || line[strspn(line, " \t")] == '#')
+            continue;
+        tunnel_t spec = {0};
+        if (parse_line(line, &spec, err, sizeof(err)) && tunnel_add(m, &spec, NULL, err, sizeof(err)) == 0)
+            continue;
+        log_safe(err);
+        ztm_log(ZTM_LOG_WARN, "agent.tunnel_skipped", "file=%s line=%u error=\"%s\"", path, lineno, err);
     }
     fclose(f);
 }
