@@ -266,7 +266,8 @@ class Agent:
 
     def __init__(self, name, state=None):
         self.name = name
-        self.state = state or subdir("agents", name)
+        # not made here: `ztm join` (or `ztm agent`) makes it, as for a user
+        self.state = state or os.path.join(subdir("agents"), name)
         self.proc = None
         self.procs = []
         self.meshes = []   # local mesh names joined
