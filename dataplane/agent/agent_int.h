@@ -45,8 +45,7 @@ struct tunnel {
     char route[ZTM_NAME_MAX + 1]; /* UDP imports: the exporter new flows go to */
     char bound[ZTM_ADDRSTRLEN];
     int lfd;
-    ztm_acceptor_t acceptor;
-    bool accepting;
+    ztm_acceptor_t *acceptor; /* freed by itself once closed */
     struct udp_import *udp_imp; /* UDP imports: the socket and its flows */
     /* lookups in flight / connections waiting for a route */
     int *pending_fds;

@@ -461,6 +461,11 @@ static int parse_listen(const char *s, ztm_addr_t *out, const char **why)
     return ztm_addr_parse(s, out, why);
 }
 
+static void free_acceptor(ztm_acceptor_t *a)
+{
+    free(a);
+}
+
 static int import_start(tunnel_t *t, char *err, size_t cap)
 {
     ztm_addr_t la, bound;
@@ -474,9 +479,13 @@ static int import_start(tunnel_t *t, char *err, size_t cap)
         r = udp_import_start(t, &la, &bound);
     } else {
         r = ztm_listen_group(&la, 1, 1024, &t->lfd, &bound);
+        if (r == 0 && !(t->acceptor = calloc(1, sizeof(*t->acceptor)))) {
+            close(t->lfd);
+            r = -ENOMEM;
+        }
         if (r == 0) {
-            ztm_acceptor_start(&t->acceptor, t->m->a->w, t->lfd, on_accept, t);
-            t->accepting = true;
+            ztm_acceptor_start(t->acceptor, t->m->a->w, t->lfd, on_accept, t);
+            t->acceptor->on_closed = free_acceptor;
         }
     }
     if (r < 0) {
@@ -537,9 +546,9 @@ int tunnel_add(mesh_t *m, const tunnel_t *spec, tunnel_t **out, char *err, size_
 
 static void tunnel_stop(tunnel_t *t)
 {
-    if (t->accepting) {
-        ztm_acceptor_stop(&t->acceptor); /* closes the listening socket when done */
-        t->accepting = false;
+    if (t->acceptor) {
+        ztm_acceptor_stop(t->acceptor); /* closes the socket, then frees itself */
+        t->acceptor = NULL;
     }
     if (t->udp_imp)
         udp_import_stop(t);
