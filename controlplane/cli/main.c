@@ -2,6 +2,7 @@
 #include "controlplane/cli/cli.h"
 #include "dataplane/runtime/log.h"
 
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -53,6 +54,11 @@ int ztm_cli_bad_option(const char *cmd, int getopt_result, const char *opt)
 {
     if (getopt_result == ':')
         return ztm_cli_usage_error(cmd, "%s needs a value (see 'ztm %s --help')", opt, cmd);
+    /* An unknown letter inside a word ("-web"): getopt has not moved past
+     * that word yet, so OPT is the word before it; name the letter. (For an
+     * unknown long option getopt sets optopt to 0.) */
+    if (optopt > 0 && optopt < 128 && (!opt || opt[0] != '-' || opt[1] != optopt))
+        return ztm_cli_usage_error(cmd, "unknown option '-%c' (see 'ztm %s --help')", optopt, cmd);
     return ztm_cli_usage_error(cmd, "unknown option '%s' (see 'ztm %s --help')", opt, cmd);
 }
 

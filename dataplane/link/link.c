@@ -122,6 +122,21 @@ static void set_reason(ztm_link_t *l, const char *prefix, const char *what)
     }
 }
 
+/* A TLS error as the reason; a peer's fatal alert is named, since it is
+ * often the only word the far end gives on why it refused us (a hub
+ * refusing a revoked certificate sends "access denied"). */
+static void set_tls_reason(ztm_link_t *l, const char *prefix, int r)
+{
+    int alert = r == ZTM_TLS_E_PEER_ALERT && l->tls ? ztm_tls_conn_alert(l->tls) : -1;
+    if (alert < 0) {
+        set_reason(l, prefix, ztm_tls_strerror(r));
+        return;
+    }
+    char what[96];
+    snprintf(what, sizeof(what), "%s (%s)", ztm_tls_strerror(r), ztm_tls_alert_name(alert));
+    set_reason(l, prefix, what);
+}
+
 /* ---- lifetime -------------------------------------------------------- */
 static void link_release(ztm_ref_t *ref)
 {
@@ -289,7 +304,7 @@ static void on_recv_ctl(ztm_link_t *l, int res)
     } else if (r == 0) {
         ztm_link_close(l, "peer_closed");
     } else {
-        set_reason(l, "tls", ztm_tls_strerror((int)r));
+        set_tls_reason(l, "tls", (int)r);
         ztm_link_close(l, l->reason);
     }
 }
@@ -429,7 +444,7 @@ static bool tls_take(ztm_link_t *l, const uint8_t *p, size_t n, size_t *taken)
         return true;
     }
     if (r < 0) {
-        set_reason(l, "tls", ztm_tls_strerror((int)r));
+        set_tls_reason(l, "tls", (int)r);
         become_dead(l, l->reason, true);
         return false;
     }
@@ -538,7 +553,7 @@ static void try_ktls(ztm_link_t *l)
         return;
     l->ktls_settling = false;
     if (r < 0) {
-        set_reason(l, "tls", ztm_tls_strerror(r));
+        set_tls_reason(l, "tls", r);
         become_dead(l, l->reason, true);
         return;
     }
@@ -577,7 +592,10 @@ static void drive(ztm_link_t *l)
         }
         if (r < 0) {
             const char *why = ztm_tls_conn_verify_reason(l->tls);
-            set_reason(l, "handshake", why ? why : ztm_tls_strerror(r));
+            if (why)
+                set_reason(l, "handshake", why);
+            else
+                set_tls_reason(l, "handshake", r);
             l->state = L_CLOSING; /* send the alert, then close */
             ztm_timer_arm(ztm_worker_timers(l->w), &l->timer, ztm_worker_now(l->w) + CLOSE_FLUSH_NS);
             flush(l);
@@ -594,7 +612,7 @@ static void drive(ztm_link_t *l)
         if (n == 0) {
             ztm_link_close(l, "peer_closed");
         } else if (n != -EAGAIN && n != -ENOBUFS && n != -EOPNOTSUPP) {
-            set_reason(l, "tls", ztm_tls_strerror((int)n));
+            set_tls_reason(l, "tls", (int)n);
             ztm_link_close(l, l->reason);
         }
         break;

@@ -1080,6 +1080,11 @@ int ztm_tls_conn_alert(const ztm_tls_conn_t *c)
     return c->alert;
 }
 
+const char *ztm_tls_alert_name(int alert)
+{
+    return SSL_alert_desc_string_long(alert);
+}
+
 const char *ztm_tls_conn_cipher(const ztm_tls_conn_t *c)
 {
     const SSL_CIPHER *ci = c->ssl ? SSL_get_current_cipher(c->ssl) : NULL;

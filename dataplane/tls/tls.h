@@ -204,6 +204,8 @@ X509 *ztm_tls_conn_peer_cert(const ztm_tls_conn_t *conn);
 const char *ztm_tls_conn_verify_reason(const ztm_tls_conn_t *conn);
 /* The fatal alert the peer sent (RFC 8446 description), or -1. */
 int ztm_tls_conn_alert(const ztm_tls_conn_t *conn);
+/* An alert description's name ("access denied", "bad certificate", ...). */
+const char *ztm_tls_alert_name(int alert);
 /* Agreed cipher (IANA name, e.g. "TLS_AES_128_GCM_SHA256"), "" before. */
 const char *ztm_tls_conn_cipher(const ztm_tls_conn_t *conn);
 /* Server: the SNI the client sent (or NULL). Client: the SNI we sent. */

@@ -47,6 +47,19 @@ def fail(msg):
     raise TestFailure(msg)
 
 
+class TestSkipped(Exception):
+    """The test cannot run here (a tool or a privilege is missing)."""
+
+
+SKIP_RC = 77  # ctest: SKIP_RETURN_CODE 77
+
+
+def skip(msg):
+    """Ends the test as skipped (exit 77, "SKIP name: msg"): only for what
+    the machine lacks, never for what the product does."""
+    raise TestSkipped(msg)
+
+
 def check(cond, msg):
     if not cond:
         raise TestFailure(msg)
@@ -651,7 +664,8 @@ def _dump_all():
 
 
 def main(run, deadline=100):
-    """Run a test: `run()` returns a one-line summary. Exit 0 on success; on
+    """Run a test: `run()` returns a one-line summary. Exit 0 on success,
+    77 after skip() (register the test with SKIP_RETURN_CODE 77); on
     failure (or after `deadline` seconds, which is below the ctest TIMEOUT)
     print why plus the output of every process started, and exit 1."""
     sys.dont_write_bytecode = True
@@ -671,6 +685,11 @@ def main(run, deadline=100):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         summary = run()
+    except TestSkipped as e:
+        wd.cancel()
+        _cleanup()
+        print(f"SKIP {name}: {e}", flush=True)
+        sys.exit(SKIP_RC)
     except TestFailure as e:
         wd.cancel()
         print(f"FAIL {name}: {e}", flush=True)
