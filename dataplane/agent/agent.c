@@ -588,7 +588,6 @@ static void svc_drain(ztm_worker_t *w, void *arg)
 static void svc_tick(ztm_worker_t *w, void *arg)
 {
     agent_api_tick(arg);
-    tunnels_reap(arg, false);
 }
 
 static bool svc_idle(ztm_worker_t *w, void *arg)
@@ -605,7 +604,6 @@ static void svc_finish(ztm_worker_t *w, void *arg)
         a->meshes = m->next;
         mesh_free(m);
     }
-    tunnels_reap(a, true);
     if (a->api && ztm_grpc_server_conns(a->api) == 0)
         ztm_grpc_server_free(a->api);
     a->api = NULL;

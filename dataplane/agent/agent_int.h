@@ -45,8 +45,7 @@ struct tunnel {
     char route[ZTM_NAME_MAX + 1]; /* UDP imports: the exporter new flows go to */
     char bound[ZTM_ADDRSTRLEN];
     int lfd;
-    ztm_acceptor_t acceptor;
-    bool accepting;
+    ztm_acceptor_t *acceptor; /* freed by itself once closed */
     struct udp_import *udp_imp; /* UDP imports: the socket and its flows */
     /* lookups in flight / connections waiting for a route */
     int *pending_fds;
@@ -100,7 +99,6 @@ struct agent {
     struct ztm_grpc_server *api;
     ztm_acceptor_t api_acceptor;
     int64_t started;
-    tunnel_t *retired; /* stopped imports whose accept is still in flight */
 };
 
 /* ---- agent.c ------------------------------------------------------------- */
@@ -124,9 +122,6 @@ tunnel_t *tunnel_find(mesh_t *m, bool export_, const char *name, bool udp);
 int tunnel_add(mesh_t *m, const tunnel_t *spec, tunnel_t **out, char *err, size_t cap);
 void tunnel_remove(tunnel_t *t);
 void tunnels_stop_all(mesh_t *m);
-/* Frees the retired tunnels whose listener is closed (ALL: every one; the
- * worker has no operation in flight any more). */
-void tunnels_reap(agent_t *a, bool all);
 /* Frees what tunnels' calls in flight hold (the hub link is stopped). */
 void tunnels_free_calls(mesh_t *m);
 /* The hub link came up: publish the exports again. */

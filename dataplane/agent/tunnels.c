@@ -507,6 +507,11 @@ static int parse_listen(const char *s, ztm_addr_t *out, const char **why)
     return ztm_addr_parse(s, out, why);
 }
 
+static void free_acceptor(ztm_acceptor_t *a)
+{
+    free(a);
+}
+
 static int import_start(tunnel_t *t, char *err, size_t cap)
 {
     ztm_addr_t la, bound;
@@ -520,9 +525,13 @@ static int import_start(tunnel_t *t, char *err, size_t cap)
         r = udp_import_start(t, &la, &bound);
     } else {
         r = ztm_listen_group(&la, 1, 1024, &t->lfd, &bound);
+        if (r == 0 && !(t->acceptor = calloc(1, sizeof(*t->acceptor)))) {
+            close(t->lfd);
+            r = -ENOMEM;
+        }
         if (r == 0) {
-            ztm_acceptor_start(&t->acceptor, t->m->a->w, t->lfd, on_accept, t);
-            t->accepting = true;
+            ztm_acceptor_start(t->acceptor, t->m->a->w, t->lfd, on_accept, t);
+            t->acceptor->on_closed = free_acceptor;
         }
     }
     if (r < 0) {
@@ -583,9 +592,9 @@ int tunnel_add(mesh_t *m, const tunnel_t *spec, tunnel_t **out, char *err, size_
 
 static void tunnel_stop(tunnel_t *t)
 {
-    if (t->accepting) {
-        ztm_acceptor_stop(&t->acceptor); /* closes the listening socket when done */
-        t->accepting = false;
+    if (t->acceptor) {
+        ztm_acceptor_stop(t->acceptor); /* closes the socket, then frees itself */
+        t->acceptor = NULL;
     }
     if (t->udp_imp)
         udp_import_stop(t);
@@ -593,34 +602,6 @@ static void tunnel_stop(tunnel_t *t)
     free(t->pending_fds);
     t->pending_fds = NULL;
     t->cap_pending = 0;
-}
-
-/* An import's acceptor is embedded in its tunnel and its multishot accept
- * completes (cancelled) only after the stop: until then the tunnel waits on
- * the agent's retired list, detached from its mesh (which may go first). */
-static void tunnel_free(tunnel_t *t)
-{
-    if (t->acceptor.w && !ztm_acceptor_closed(&t->acceptor)) {
-        agent_t *a = t->m->a;
-        t->m = NULL;
-        t->next = a->retired;
-        a->retired = t;
-        return;
-    }
-    free(t);
-}
-
-void tunnels_reap(agent_t *a, bool all)
-{
-    for (tunnel_t **pp = &a->retired; *pp;) {
-        tunnel_t *t = *pp;
-        if (all || ztm_acceptor_closed(&t->acceptor)) {
-            *pp = t->next;
-            free(t);
-        } else {
-            pp = &t->next;
-        }
-    }
 }
 
 void tunnel_remove(tunnel_t *t)
@@ -634,7 +615,7 @@ void tunnel_remove(tunnel_t *t)
             *pp = t->next;
             break;
         }
-    tunnel_free(t);
+    free(t);
 }
 
 void tunnels_stop_all(mesh_t *m)
@@ -643,6 +624,6 @@ void tunnels_stop_all(mesh_t *m)
         tunnel_t *t = m->tunnels;
         m->tunnels = t->next;
         tunnel_stop(t);
-        tunnel_free(t);
+        free(t);
     }
 }

@@ -23,6 +23,8 @@ static void close_listener(ztm_acceptor_t *a)
         close(a->fd);
         a->fd = -1;
     }
+    if (a->stopped && a->on_closed)
+        a->on_closed(a); /* the last thing: it may free A */
 }
 
 static void on_retry(ztm_timer_t *t)
@@ -63,6 +65,7 @@ void ztm_acceptor_start(ztm_acceptor_t *a, ztm_worker_t *w, int fd, ztm_accept_c
     a->stopped = false;
     a->on_accept = cb;
     a->user = user;
+    a->on_closed = NULL;
     ztm_op_init(&a->op, on_accept, NULL);
     ztm_timer_init(&a->retry, on_retry);
     arm(a);

@@ -22,6 +22,9 @@ struct ztm_acceptor {
     ztm_timer_t retry;
     ztm_accept_cb on_accept;
     void *user;
+    /* Optional, set after start: called once the stopped acceptor has
+     * closed its socket and nothing of it is in flight (it may free A). */
+    void (*on_closed)(ztm_acceptor_t *a);
 };
 
 /* Starts accepting on listening socket FD (owned by the acceptor now). */
