@@ -136,7 +136,9 @@ def run():
     port = alice.import_("echo", listen=mc.free_port())
     mc.wait_carries(port, what="echo")
     hub_crash(hub, alice, bob, port)
-    with echo._lock:   # the cut transfer's handler saw the reset: expected
+    # the cut transfer's handler sees a reset, when bob notices: expected
+    echo.join(30)
+    with echo._lock:
         echo.errors.clear()
     hub_restart(hub, alice, bob, port)
     agent_restart(hub, alice, bob, port)
