@@ -12,6 +12,8 @@
     method;
   - a second agent on the same state dir exits 2 with one line saying
     another agent runs there, and the first one keeps its socket and serves;
+  - an agent killed with -9 leaves its socket: `ztm status` exits 1 with
+    one line saying nobody answers on it; the next agent starts over it;
   - a damaged tunnels.conf: each bad line is skipped with
     agent.tunnel_skipped (file, line number, why), the good lines load and
     carry traffic."""
@@ -257,7 +259,15 @@ def second_agent(alice, sock):
 def damaged_conf(hub, alice, bob):
     echo = mc.echo_server()
     bob.export("bobsvc", echo.port)
-    alice.stop()
+    # a dead agent's socket is left behind: the CLI says nobody answers, and
+    # the next agent takes the socket over
+    alice.proc.kill9()
+    sock = os.path.join(alice.state, "agent.sock")
+    zt.check(os.path.exists(sock), "no socket file left after kill -9 (test assumption)")
+    rc, out, err = alice.cli("status", timeout=20)
+    why = one_line_error("status", rc, out, err, 1, [sock, "does not answer", "ztm agent"])
+    zt.check(why is None, f"ztm status with a dead agent's socket: {why}")
+    zt.log(f"dead agent: {err.strip()!r}")
     iport = mc.free_port()
     lines = [
         "# ztm tunnels of mesh mesh (edited by hand)",                   # 1

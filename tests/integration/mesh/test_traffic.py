@@ -10,7 +10,9 @@ exports, through the hub):
   - a refused target (nothing listens at the export's --to): the importer's
     connection is closed with no data, the importer logs tunnel.refused
     status=502 and the exporter tunnel.connect_failed; the tunnel keeps
-    serving afterwards."""
+    serving afterwards;
+  - `ztm tunnel rm import` closes the port; `ztm leave mesh` deletes the
+    mesh's folder and closes its imports."""
 import hashlib
 import json
 import os
@@ -181,6 +183,36 @@ def refused_part(alice, bob):
     return f"refused target -> {how} + tunnel.refused 502"
 
 
+def refused_connect(port):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    except ConnectionRefusedError:
+        return True
+    s.close()
+    return False
+
+
+def rm_and_leave(alice, eport):
+    """`ztm tunnel rm import` closes the port and drops the line from
+    tunnels.conf; `ztm leave mesh` stops everything of the mesh and deletes
+    its folder (key included)."""
+    port = alice.import_port("web")
+    out = alice.ok("tunnel", "rm", "import", "web")
+    zt.check(out.strip() == "removed import web/tcp", f"ztm tunnel rm printed {out!r}")
+    zt.check(refused_connect(port), f"the removed import still accepts on {port}")
+    conf = mc.read(os.path.join(alice.mesh_dir(), "tunnels.conf"), "r")
+    zt.check("import web " not in conf and "import echo " in conf,
+             f"tunnels.conf after rm: {conf!r}")
+    zt.check("web" not in [t["name"] for t in alice.tunnels()], "ztm tunnel ls still lists web")
+    d = alice.mesh_dir()
+    out = alice.ok("leave", "mesh")
+    zt.check(out.strip() == "left mesh mesh", f"ztm leave printed {out!r}")
+    zt.check(not os.path.exists(d), f"ztm leave left {d} behind")
+    zt.check(alice.status()["meshes"] == [], "alice's status still lists a mesh after leave")
+    zt.check(refused_connect(eport), "the echo import still accepts after leave")
+    return "rm import closes its port; leave deletes the mesh"
+
+
 def run():
     hub, ag = mc.mesh(("alice", "bob"))
     alice, bob = ag["alice"], ag["bob"]
@@ -195,6 +227,7 @@ def run():
     data = os.urandom(MiB)
     zt.check(mc.roundtrip(eport, data) == data, "echo through the tunnel after the refusal differs")
     echo.check()
+    parts.append(rm_and_leave(alice, eport))
     for a in (alice, bob):
         a.stop()
     hub.stop()
