@@ -1,6 +1,7 @@
 /* `ztm agent` (the endpoint daemon) and the commands that talk to it over
  * its Unix socket: `ztm status`, `ztm tunnel export|import|ls|rm`,
  * `ztm leave`, `ztm get tunnels`. */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -22,11 +23,14 @@
 int ztm_agent_state_dir(char out[ZTM_PATH_MAX]);
 
 /* ---- talking to the agent ------------------------------------------------ */
-/* The CLI's own connection is not news: warnings and errors only, unless
- * ZTM_LOG_LEVEL asks for more. */
+/* The CLI's own connection is not news, and its failures become the one
+ * "ztm CMD: error: ..." line: errors only (a refused connect to a dead
+ * agent's socket is a warning of the link, printed from its thread, at
+ * times before the error line and at times not), unless ZTM_LOG_LEVEL asks
+ * for more. */
 static void quiet_logs(void)
 {
-    ztm_log_level_t lvl = ZTM_LOG_WARN;
+    ztm_log_level_t lvl = ZTM_LOG_ERROR;
     const char *env = getenv("ZTM_LOG_LEVEL");
     if (env)
         ztm_log_parse_level(env, &lvl);
@@ -236,6 +240,38 @@ static void tunnel_header(void)
 }
 
 /* ---- ztm status ------------------------------------------------------------ */
+/* Meshes joined under STATE/meshes/ (cert.pem present) that the agent did
+ * not load (a damaged or swapped file): printed so that the user is not
+ * told to join again; the agent's log says why. Returns how many. */
+static unsigned print_not_loaded(const Ztm__V1__AgentStatusResponse *r)
+{
+    char dir[ZTM_PATH_MAX + 16];
+    snprintf(dir, sizeof(dir), "%s/meshes", r->state_dir ? r->state_dir : "");
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    unsigned n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        bool loaded = false;
+        for (size_t i = 0; i < r->n_meshes && !loaded; i++)
+            loaded = strcmp(r->meshes[i]->name, e->d_name) == 0;
+        char cert[ZTM_PATH_MAX + 300];
+        struct stat st;
+        snprintf(cert, sizeof(cert), "%s/%s/cert.pem", dir, e->d_name);
+        if (loaded || stat(cert, &st) < 0)
+            continue;
+        printf("\nmesh %s: joined (%s/%s) but not loaded by the agent: its log says why "
+               "(event=agent.mesh_skipped); fix the files or join again with another --mesh\n",
+               e->d_name, dir, e->d_name);
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
 static int common_opts(const char *cmd, const char *usage, int argc, char **argv, const char **state,
                        const char **mesh, bool *json)
 {
@@ -339,7 +375,7 @@ int ztm_cmd_status(int argc, char **argv)
         printf("]}\n");
     } else {
         printf("agent %s (pid %lld), state %s\n", r->version, (long long)r->pid, r->state_dir);
-        if (!r->n_meshes)
+        if (!print_not_loaded(r) && !r->n_meshes)
             printf("not in any mesh yet: ask an admin for an invite, then 'ztm join TOKEN'\n");
         for (size_t i = 0; i < r->n_meshes; i++) {
             Ztm__V1__MeshStatus *m = r->meshes[i];
