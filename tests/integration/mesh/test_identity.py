@@ -11,7 +11,8 @@ One hub; alice, bob, carol joined and up.
   - a certificate swapped: carol's cert.pem replaced by bob's (carol keeps
     her own key): her agent refuses the pair (tls.config_error
     KEY_VALUES_MISMATCH naming key.pem, agent.mesh_skipped), never dials
-    the hub as anyone, and `ztm status` shows no mesh.
+    the hub as anyone; `ztm status` lists no mesh but says that the joined
+    one was not loaded (and does not ask her to join).
   - a hub that is not a hub: dave's mesh.conf points at a TLS server (`ztm
     h2-test server`) presenting (1) carol's real agent certificate: refused
     at the handshake (wrong_name: agent certificates carry no IP/DNS
@@ -119,6 +120,9 @@ def swapped_cert(hub, bob, carol):
              "carol's agent dialled out with a certificate that is not hers")
     st = carol.status()
     zt.check(st["meshes"] == [], f"carol's status lists meshes {st['meshes']} with a swapped cert")
+    text = carol.ok("status")
+    zt.check("mesh mesh: joined" in text and "not loaded" in text and "not in any mesh yet"
+             not in text, f"carol's ztm status does not say her mesh was not loaded: {text!r}")
     opened = [e for e in hub.logs("relay.events_open", after=hm) if e.get("endpoint") in
               ("bob", "carol")]
     zt.check(not opened, f"the hub registered {opened} after carol's swap")
