@@ -283,15 +283,16 @@ static void on_recv(ztm_worker_t *w, ztm_op_t *op, int res, uint32_t flags)
         resume_up(st);
     } else {
         if (res != -ECONNRESET && res != -EPIPE)
-            ztm_log(ZTM_LOG_WARN, "tunnel.recv_error", "peer=%llu stream=%d service=%s error=\"%s\"",
-                    (unsigned long long)p->id, st->id, st->service, strerror(-res));
+            ztm_log(ZTM_LOG_WARN, "tunnel.recv_error",
+                    "peer=%llu stream=%d service=%s error=\"%s\"", (unsigned long long)p->id,
+                    st->id, st->service, strerror(-res));
         reset_both(st);
     }
     peer_leave(p);
 }
 
-static ssize_t on_read_body(ztm_h2_session_t *s, void *user, int32_t id, void *sdata,
-                            uint8_t *dst, size_t max, bool *eof)
+static ssize_t on_read_body(ztm_h2_session_t *s, void *user, int32_t id, void *sdata, uint8_t *dst,
+                            size_t max, bool *eof)
 {
     pstream_t *st = sdata;
     if (!st) {
@@ -315,8 +316,8 @@ static ssize_t on_read_body(ztm_h2_session_t *s, void *user, int32_t id, void *s
 /* ---- inner stream -> socket ------------------------------------------------- */
 static void maybe_shut(pstream_t *st)
 {
-    if (st->local_done || !st->down_eof || st->down_len || st->down_shut ||
-        st->send_op.inflight || st->phase != ST_OPEN || st->udp)
+    if (st->local_done || !st->down_eof || st->down_len || st->down_shut || st->send_op.inflight ||
+        st->phase != ST_OPEN || st->udp)
         return;
     if (shutdown(st->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
         reset_both(st);
@@ -336,7 +337,7 @@ static void down_send(pstream_t *st)
         return;
     }
     uint32_t n = st->down_len < PEER_STREAM_BUF - st->down_head ? st->down_len
-                                                                 : PEER_STREAM_BUF - st->down_head;
+                                                                : PEER_STREAM_BUF - st->down_head;
     io_uring_prep_send(ztm_worker_sqe(st->p->w, &st->send_op), st->fd, st->down + st->down_head, n,
                        MSG_NOSIGNAL);
 }
@@ -466,7 +467,8 @@ static void refuse(pstream_t *st, int status, const char *why)
     sanitize(st->why, sizeof(st->why), why);
     st->phase = ST_REFUSED;
     p->stats.streams_refused++;
-    ztm_log(ZTM_LOG_INFO, "tunnel.deny", "peer=%llu stream=%d caller=%s service=%s status=%d error=\"%s\"",
+    ztm_log(ZTM_LOG_INFO, "tunnel.deny",
+            "peer=%llu stream=%d caller=%s service=%s status=%d error=\"%s\"",
             (unsigned long long)p->id, st->id, p->peer_id.name, st->service, status, st->why);
     if (st->h2_live && p->h2) {
         ztm_h2_header_t h = {"ztm-error", 9, st->why, strlen(st->why)};
@@ -480,8 +482,9 @@ static void connect_failed(pstream_t *st, const char *what)
 {
     char to[ZTM_ADDRSTRLEN], why[96];
     ztm_addr_format((const struct sockaddr *)&st->to.ss, to, sizeof(to));
-    ztm_log(ZTM_LOG_WARN, "tunnel.connect_failed", "peer=%llu stream=%d service=%s to=%s error=\"%s\"",
-            (unsigned long long)st->p->id, st->id, st->service, to, what);
+    ztm_log(ZTM_LOG_WARN, "tunnel.connect_failed",
+            "peer=%llu stream=%d service=%s to=%s error=\"%s\"", (unsigned long long)st->p->id,
+            st->id, st->service, to, what);
     snprintf(why, sizeof(why), "target: %s", what);
     refuse(st, 502, why);
 }
@@ -536,7 +539,8 @@ static void start_target(pstream_t *st)
             opened(st);
         return;
     }
-    ztm_timer_arm(ztm_worker_timers(p->w), &st->timer, ztm_worker_now(p->w) + p->connect_timeout_ns);
+    ztm_timer_arm(ztm_worker_timers(p->w), &st->timer,
+                  ztm_worker_now(p->w) + p->connect_timeout_ns);
     io_uring_prep_connect(ztm_worker_sqe(p->w, &st->connect_op), fd,
                           (const struct sockaddr *)&st->to.ss, st->to.len);
 }
@@ -736,7 +740,8 @@ static int open_stream(ztm_peer_t *p, pstream_t *st, const char *suffix)
 
 static bool may_open(const ztm_peer_t *p)
 {
-    return p->client && p->h2 && !p->close_reason && (p->state == P_HANDSHAKE || p->state == P_OPEN);
+    return p->client && p->h2 && !p->close_reason &&
+           (p->state == P_HANDSHAKE || p->state == P_OPEN);
 }
 
 int pstream_connect_tcp(ztm_peer_t *p, const char *service, int fd)

@@ -7,12 +7,13 @@
  * Checked: 8 MiB of random bytes each way, exact; a stream opened before
  * the handshake; half-close (FIN after the request, the reply still
  * arrives, then EOF); an RST from the local client reaches the target as
- * an RST; a target that refuses, and RESOLVE refusing (403) or not knowing
- * (404) the service: the local socket is closed and tunnel.refused logged;
- * the wrong peer (expect_name) ends the session "verify: wrong_peer"; UDP
- * datagrams of many sizes both ways, oversize refused, the flow's idle
- * timeout, a refused flow; the session's idle timeout and a graceful close
- * (both ends see a clean end).
+ * an RST, and one from the target the local client; a target that
+ * refuses, and RESOLVE refusing (403) or not knowing (404) the service:
+ * the local socket is closed and tunnel.refused logged; the wrong peer
+ * (expect_name) ends the session "verify: wrong_peer"; UDP datagrams of
+ * many sizes both ways, oversize refused, the flow's idle timeout, a
+ * refused flow; the session's idle timeout and a graceful close (both ends
+ * see a clean end).
  *
  * The test thread drives; everything that touches a session runs on the
  * worker (call_on_worker). */
@@ -41,9 +42,9 @@
 #include "dataplane/runtime/log.h"
 #include "tests/unit/check.h"
 
-#define WINDOW    40000 /* carrier window per direction: not a multiple of a record */
-#define BIG       (8u << 20)
-#define MESH      "m1"
+#define WINDOW     40000 /* carrier window per direction: not a multiple of a record */
+#define BIG        (8u << 20)
+#define MESH       "m1"
 #define SECRET_WHY "endpoint alice is not in the allow list of service secret"
 
 /* ---- the mesh: a CA and two agents, files in a temp dir -------------------- */
@@ -166,6 +167,10 @@ static void *echo_conn(void *arg)
         }
         if (n == 0) {
             shutdown(fd, SHUT_WR);
+            break;
+        }
+        if (n >= 4 && !memcmp(buf, "RST!", 4)) { /* asked to reset */
+            ztm_sock_abortive(fd);
             break;
         }
         for (ssize_t off = 0; off < n;) {
@@ -327,7 +332,8 @@ static void pump(ztm_worker_t *w, ztm_op_t *op, int res, uint32_t flags)
     }
     while (e->p && e->credit && !e->eof_out) {
         bool eof;
-        size_t n = ztm_peer_produce(e->p, buf, e->credit < sizeof(buf) ? e->credit : sizeof(buf), &eof);
+        size_t n =
+            ztm_peer_produce(e->p, buf, e->credit < sizeof(buf) ? e->credit : sizeof(buf), &eof);
         e->credit -= n;
         if (n && e->other->p)
             ztm_peer_feed(e->other->p, buf, n);
@@ -412,10 +418,16 @@ static void w_new_pair(void *arg)
     pr->a.credit = pr->b.credit = WINDOW;
     ztm_op_init(&pr->a.op, pump, NULL);
     ztm_op_init(&pr->b.op, pump, NULL);
-    ztm_peer_config_t cc = {.tls = client_ctx, .mesh = MESH, .expect_name = np->expect,
-                            .idle_timeout_ns = np->idle_ns, .udp_idle_timeout_ns = np->udp_idle_ns};
-    ztm_peer_config_t sc = {.tls = server_ctx, .mesh = MESH, .resolve = resolve,
-                            .idle_timeout_ns = np->idle_ns, .udp_idle_timeout_ns = np->udp_idle_ns,
+    ztm_peer_config_t cc = {.tls = client_ctx,
+                            .mesh = MESH,
+                            .expect_name = np->expect,
+                            .idle_timeout_ns = np->idle_ns,
+                            .udp_idle_timeout_ns = np->udp_idle_ns};
+    ztm_peer_config_t sc = {.tls = server_ctx,
+                            .mesh = MESH,
+                            .resolve = resolve,
+                            .idle_timeout_ns = np->idle_ns,
+                            .udp_idle_timeout_ns = np->udp_idle_ns,
                             .connect_timeout_ns = 2 * ZTM_NS_PER_SEC};
     CHECK_EQ(ztm_peer_new(W, &cc, &carrier, &pr->a, &pr->a.p), 0);
     CHECK_EQ(ztm_peer_new(W, &sc, &carrier, &pr->b, &pr->b.p), 0);
@@ -605,6 +617,18 @@ static void test_reset(pair_t *pr)
     CHECK_EQ(atomic_load(&echo_resets), before + 1);
 }
 
+/* An RST from the target reaches the local client as an RST. */
+static void test_target_reset(pair_t *pr)
+{
+    int fd = open_tunnel(pr, "echo");
+    CHECK(write_all(fd, (const uint8_t *)"RST!", 4));
+    uint8_t buf[16];
+    bool reset;
+    CHECK_EQ(read_to_eof(fd, buf, sizeof(buf), &reset), 0);
+    CHECK(reset);
+    close(fd);
+}
+
 /* ---- UDP -------------------------------------------------------------------- */
 typedef struct {
     pair_t *pr;
@@ -769,6 +793,7 @@ static void *drive(void *arg)
     check_refused(pr, "secret"); /* RESOLVE refuses: 403 */
     check_refused(pr, "nosuch"); /* unknown: 404 */
     test_reset(pr);
+    test_target_reset(pr);
     test_udp(pr);
     CHECK(wait_for(no_streams, pr, 5000));
     call_on_worker(w_stats, &st);
@@ -848,8 +873,8 @@ int main(void)
     pthread_t acc, uecho;
     start_targets(&acc, &uecho);
 
-    ztm_engine_config_t ec = {.workers = 1, .buf_count = 64, .buf_size = 4096,
-                              .drain_timeout_ns = 5 * ZTM_NS_PER_SEC};
+    ztm_engine_config_t ec = {
+        .workers = 1, .buf_count = 64, .buf_size = 4096, .drain_timeout_ns = 5 * ZTM_NS_PER_SEC};
     CHECK_EQ(ztm_engine_run(&ec, &svc, NULL, on_ready), 0);
     pthread_join(driver, NULL);
 
@@ -877,7 +902,8 @@ int main(void)
     close(log_fd);
     if (log) {
         fwrite(log, 1, len, stderr);
-        CHECK(strstr(log, "tunnel.refused") && strstr(log, "service=down status=502 error=\"target: "));
+        CHECK(strstr(log, "tunnel.refused") &&
+              strstr(log, "service=down status=502 error=\"target: "));
         CHECK(strstr(log, "service=secret status=403 error=\"" SECRET_WHY "\""));
         CHECK(strstr(log, "service=nosuch status=404 error=\"unknown service\""));
         free(log);
