@@ -48,7 +48,8 @@ struct pstream {
     bool end_told; /* UDP importer: on_end called (or the user closed) */
     uint8_t *up, *down, *dgram;
     uint32_t up_head, up_len, down_head, down_len;
-    uint32_t send_len; /* UDP: the bytes of the frame in flight */
+    uint32_t send_len;             /* UDP: the bytes of the frame in flight */
+    uint64_t bytes_up, bytes_down; /* to and from the far end */
     ztm_op_t recv_op, send_op, connect_op;
     struct msghdr msg;
     struct iovec iov[2];
@@ -107,6 +108,14 @@ static void pstream_release(ztm_ref_t *ref)
     pstream_t *st = (pstream_t *)((char *)ref - offsetof(pstream_t, ref));
     ztm_peer_t *p = st->p;
     ztm_timer_cancel(ztm_worker_timers(p->w), &st->timer);
+    ztm_log(ZTM_LOG_DEBUG, "tunnel.close",
+            "peer=%llu stream=%d side=%s service=%s proto=%s up=%llu down=%llu end=%s",
+            (unsigned long long)p->id, st->id, st->client ? "importer" : "exporter", st->service,
+            st->udp ? "udp" : "tcp", (unsigned long long)st->bytes_up,
+            (unsigned long long)st->bytes_down,
+            st->phase == ST_REFUSED ? "refused"
+            : st->abortive          ? "reset"
+                                    : "done");
     if (st->fd >= 0) {
         if (st->abortive)
             ztm_sock_abortive(st->fd);
@@ -304,6 +313,7 @@ static ssize_t on_read_body(ztm_h2_session_t *s, void *user, int32_t id, void *s
         ring_peek(st->up, st->up_head, 0, dst, n);
         ring_drop(&st->up_head, &st->up_len, n);
         st->p->stats.bytes_out += n;
+        st->bytes_up += n;
         up_arm(st);
     }
     if (!st->up_len && st->up_eof)
@@ -656,6 +666,7 @@ static void on_data(ztm_h2_session_t *s, void *user, int32_t id, void *sdata, co
     }
     ring_put(st->down, st->down_head, &st->down_len, data, (uint32_t)len);
     p->stats.bytes_in += len;
+    st->bytes_down += len;
     if (!st->udp) {
         down_send(st);
         return;

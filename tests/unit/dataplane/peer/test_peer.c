@@ -867,6 +867,7 @@ int main(void)
         perror("log");
         return 1;
     }
+    ztm_log_set_level(ZTM_LOG_DEBUG); /* every log line's formatting runs too */
     make_mesh();
     client_ctx = make_ctx(ZTM_TLS_CLIENT, alice_crt, alice_key);
     server_ctx = make_ctx(ZTM_TLS_SERVER, bob_crt, bob_key);
