@@ -427,7 +427,8 @@ static void w_new_pair(void *arg)
                             .mesh = MESH,
                             .resolve = resolve,
                             .idle_timeout_ns = np->idle_ns,
-                            .udp_idle_timeout_ns = np->udp_idle_ns,
+                            /* longer: the importer's flow timer is the one tested */
+                            .udp_idle_timeout_ns = 3 * np->udp_idle_ns,
                             .connect_timeout_ns = 2 * ZTM_NS_PER_SEC};
     CHECK_EQ(ztm_peer_new(W, &cc, &carrier, &pr->a, &pr->a.p), 0);
     CHECK_EQ(ztm_peer_new(W, &sc, &carrier, &pr->b, &pr->b.p), 0);
