@@ -5,7 +5,8 @@
  * importer's accepted connections).
  *
  * Checked: 8 MiB of random bytes each way, exact; a writer that does not
- * read is stopped by flow control, then gets every byte; a stream opened before
+ * read is stopped by flow control, then gets every byte; 40 tunnels at
+ * once through one session; a stream opened before
  * the handshake; half-close (FIN after the request, the reply still
  * arrives, then EOF); an RST from the local client reaches the target as
  * an RST, and one from the target the local client; a target that
@@ -128,7 +129,7 @@ static int echo_lfd, pair_lfd, udp_fd;
 static ztm_addr_t echo_addr, udp_addr, closed_addr;
 static struct sockaddr_in pair_addr;
 static atomic_int echo_resets, stop_udp;
-static pthread_t echo_threads[64];
+static pthread_t echo_threads[128];
 static atomic_int n_echo_threads;
 
 static int listener(struct sockaddr_in *a)
@@ -203,7 +204,7 @@ static void *echo_accept(void *arg)
         if (fd < 0)
             return NULL; /* the listener was shut down */
         int i = atomic_fetch_add(&n_echo_threads, 1);
-        if (i >= 64 || pthread_create(&echo_threads[i], NULL, echo_conn, (void *)(intptr_t)fd)) {
+        if (i >= 128 || pthread_create(&echo_threads[i], NULL, echo_conn, (void *)(intptr_t)fd)) {
             fprintf(stderr, "too many echo connections\n");
             exit(1);
         }
@@ -637,6 +638,58 @@ static void test_backpressure(pair_t *pr)
     close(fd);
 }
 
+/* Many tunnels at once, each its own bytes, through one session. */
+#define NCONC      40
+#define CONC_BYTES (256u * 1024)
+static void test_concurrent(pair_t *pr)
+{
+    int fds[NCONC];
+    size_t sent[NCONC] = {0}, got[NCONC] = {0}, bad = 0;
+    bool eof[NCONC] = {0};
+    for (int i = 0; i < NCONC; i++) {
+        fds[i] = open_tunnel(pr, "echo");
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+    }
+    static uint8_t buf[16384];
+    int open = NCONC;
+    for (int quiet = 0; open && quiet < 10;) {
+        struct pollfd pf[NCONC];
+        for (int i = 0; i < NCONC; i++)
+            pf[i] = (struct pollfd){eof[i] ? -1 : fds[i], /* no POLLHUP from the done */
+                                    (short)(POLLIN | (sent[i] < CONC_BYTES ? POLLOUT : 0))};
+        int r = poll(pf, NCONC, 1000);
+        quiet = r > 0 ? 0 : quiet + 1;
+        for (int i = 0; i < NCONC && r > 0; i++) {
+            size_t base = (size_t)i * 1000003u;
+            if ((pf[i].revents & POLLOUT) && sent[i] < CONC_BYTES) {
+                size_t n = CONC_BYTES - sent[i] < sizeof(buf) ? CONC_BYTES - sent[i] : sizeof(buf);
+                for (size_t j = 0; j < n; j++)
+                    buf[j] = pattern(base + sent[i] + j);
+                ssize_t w = write(fds[i], buf, n);
+                if (w > 0 && (sent[i] += (size_t)w) == CONC_BYTES)
+                    shutdown(fds[i], SHUT_WR);
+            }
+            if (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+                ssize_t n = read(fds[i], buf, sizeof(buf));
+                if (n > 0) {
+                    for (ssize_t j = 0; j < n; j++)
+                        bad += buf[j] != pattern(base + got[i] + (size_t)j);
+                    got[i] += (size_t)n;
+                } else if (n == 0 || errno != EAGAIN) {
+                    eof[i] = true;
+                    open--;
+                }
+            }
+        }
+    }
+    CHECK_EQ(open, 0);
+    CHECK_EQ(bad, 0);
+    for (int i = 0; i < NCONC; i++) {
+        CHECK_EQ(got[i], CONC_BYTES);
+        close(fds[i]);
+    }
+}
+
 /* FIN after the request: the reply still arrives, then EOF. */
 static void check_half_close(int fd, const char *msg)
 {
@@ -851,6 +904,7 @@ static void *drive(void *arg)
 
     test_big(pr);
     test_backpressure(pr);
+    test_concurrent(pr);
     check_half_close(open_tunnel(pr, "echo"), "half-closed, still answered");
     check_refused(pr, "down");   /* the target refuses: 502 */
     check_refused(pr, "secret"); /* RESOLVE refuses: 403 */
