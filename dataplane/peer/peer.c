@@ -570,8 +570,13 @@ int ztm_peer_new(ztm_worker_t *w, const ztm_peer_config_t *cfg, const ztm_peer_c
     p->udp_idle_timeout_ns =
         cfg->udp_idle_timeout_ns ? cfg->udp_idle_timeout_ns : DEFAULT_UDP_IDLE_NS;
     p->connect_timeout_ns = cfg->connect_timeout_ns ? cfg->connect_timeout_ns : DEFAULT_CONNECT_NS;
+    /* Every reset here stands for a local connection that was reset or
+     * refused, between two verified endpoints: a budget well above what a
+     * busy importer's clients cause, still far below a flood. */
     ztm_h2_config_t hc = {
         .stream_window = PEER_STREAM_BUF,
+        .reset_burst = 1000,
+        .reset_rate = 500,
         .conn_id = p->id,
         .clock = peer_clock,
     };

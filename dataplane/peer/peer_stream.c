@@ -639,7 +639,16 @@ static void on_response(ztm_h2_session_t *s, void *user, int32_t id, void *sdata
     p->stats.streams_refused++;
     ztm_log(ZTM_LOG_WARN, "tunnel.refused", "peer=%llu service=%s status=%d error=\"%s\"",
             (unsigned long long)p->id, st->service, resp->status, st->why);
-    ztm_h2_reset(s, id, ZTM_H2_CANCEL);
+    if (resp->end_stream) {
+        /* The exporter is done with the stream: end ours too (a reset would
+         * count against the rapid-reset budget of the session). */
+        st->up_len = 0;
+        st->up_eof = true;
+        st->up_parked = true;
+        resume_up(st);
+    } else {
+        ztm_h2_reset(s, id, ZTM_H2_CANCEL);
+    }
     if (st->udp) {
         char why[160];
         snprintf(why, sizeof(why), "refused: %d %s", resp->status, st->why);
@@ -822,6 +831,6 @@ void pstream_udp_close(ztm_peer_t *p, uint32_t flow_id)
     if (!st)
         return;
     st->end_told = true; /* the user knows */
-    ztm_h2_reset(p->h2, st->id, ZTM_H2_CANCEL);
-    close_local(st, false);
+    udp_end_flow(st, "closed");
+    close_local(st, false); /* replies still on their way are dropped */
 }
