@@ -28,6 +28,8 @@
 #define IN_CHUNK  (16u * 1024)
 #define PLAIN_BUF (16u * 1024) /* one full TLS record of plaintext */
 #define TICK_NS   ZTM_NS_PER_SEC
+/* A carrier that does not take our last bytes this long is given up on. */
+#define NOTIFY_NS (10 * ZTM_NS_PER_SEC)
 
 #define DEFAULT_IDLE_NS     (300 * ZTM_NS_PER_SEC)
 #define DEFAULT_UDP_IDLE_NS (60 * ZTM_NS_PER_SEC)
@@ -54,8 +56,7 @@ static bool output_pending(const ztm_peer_t *p)
         return true;
     if (p->state == P_NOTIFY)
         return true; /* the EOF is still to be given */
-    return p->ready && p->state < P_NOTIFY &&
-           (p->carry_len || (p->h2 && ztm_h2_want_write(p->h2)));
+    return p->ready && p->state < P_NOTIFY && (p->carry_len || (p->h2 && ztm_h2_want_write(p->h2)));
 }
 
 static void begin_notify(ztm_peer_t *p)
@@ -68,6 +69,7 @@ static void begin_notify(ztm_peer_t *p)
         return;
     }
     p->state = P_NOTIFY;
+    p->notify_at = ztm_worker_now(p->w);
 }
 
 static void advance_close(ztm_peer_t *p)
@@ -253,6 +255,9 @@ static void on_timer(ztm_timer_t *t)
     if (p->state == P_HANDSHAKE) {
         if (now >= ztm_tls_handshake_deadline(p->tls))
             drive_tls(p); /* the handshake fails with -ETIMEDOUT */
+    } else if (p->state == P_NOTIFY) {
+        if (now - p->notify_at >= NOTIFY_NS)
+            session_end(p, "close: the carrier took no more bytes", true);
     } else if (p->h2) {
         int r = ztm_h2_tick(p->h2);
         if (r == ZTM_H2_E_DEAD_PEER)
@@ -297,8 +302,9 @@ static bool check_peer(ztm_peer_t *p)
               (!p->client || !strcmp(id->name, p->expect_name));
     if (!ok) {
         ztm_log(ZTM_LOG_WARN, "peer.wrong_peer",
-                "peer=%llu expected=%s got_name=%s got_mesh=%s got_role=%s", (unsigned long long)p->id,
-                p->client ? p->expect_name : "-", cert ? id->name : "-", cert ? id->mesh : "-",
+                "peer=%llu expected=%s got_name=%s got_mesh=%s got_role=%s",
+                (unsigned long long)p->id, p->client ? p->expect_name : "-", cert ? id->name : "-",
+                cert ? id->mesh : "-",
                 cert && ztm_role_name(id->role) ? ztm_role_name(id->role) : "-");
         memset(id, 0, sizeof(*id));
         session_end(p, "verify: wrong_peer", true);
@@ -561,11 +567,16 @@ int ztm_peer_new(ztm_worker_t *w, const ztm_peer_config_t *cfg, const ztm_peer_c
     p->resolve = cfg->resolve;
     p->resolve_arg = cfg->resolve_arg;
     p->idle_timeout_ns = cfg->idle_timeout_ns ? cfg->idle_timeout_ns : DEFAULT_IDLE_NS;
-    p->udp_idle_timeout_ns = cfg->udp_idle_timeout_ns ? cfg->udp_idle_timeout_ns
-                                                      : DEFAULT_UDP_IDLE_NS;
+    p->udp_idle_timeout_ns =
+        cfg->udp_idle_timeout_ns ? cfg->udp_idle_timeout_ns : DEFAULT_UDP_IDLE_NS;
     p->connect_timeout_ns = cfg->connect_timeout_ns ? cfg->connect_timeout_ns : DEFAULT_CONNECT_NS;
+    /* Every reset here stands for a local connection that was reset or
+     * refused, between two verified endpoints: a budget well above what a
+     * busy importer's clients cause, still far below a flood. */
     ztm_h2_config_t hc = {
         .stream_window = PEER_STREAM_BUF,
+        .reset_burst = 1000,
+        .reset_rate = 500,
         .conn_id = p->id,
         .clock = peer_clock,
     };

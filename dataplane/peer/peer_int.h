@@ -12,8 +12,8 @@
  * session's stream window is the same, so what the far end may send always
  * fits. 128 KiB: a whole 65535-byte datagram and its length fit with room
  * to spare, and a relayed path keeps some bytes in flight. */
-#define PEER_STREAM_BUF (128u * 1024)
-#define PEER_DGRAM_MAX  65535u
+#define PEER_STREAM_BUF  (128u * 1024)
+#define PEER_DGRAM_MAX   65535u
 #define PEER_SERVICE_MAX 128
 
 typedef struct pstream pstream_t;
@@ -32,9 +32,9 @@ struct ztm_peer {
     uint64_t id;
     peer_state_t state;
     bool client;
-    bool ready;           /* handshake done, peer identity checked */
-    bool gone;            /* the carrier went away: call nothing of it */
-    bool closed_sent;     /* `closed` delivered */
+    bool ready;       /* handshake done, peer identity checked */
+    bool gone;        /* the carrier went away: call nothing of it */
+    bool closed_sent; /* `closed` delivered */
     bool end_error;
     bool want_write_sent; /* want_write called since the last produce */
     bool in_blocked;      /* TLS wanted its output drained before reading on */
@@ -65,6 +65,7 @@ struct ztm_peer {
     pstream_t *streams; /* every stream until its release */
     unsigned n_streams;
     uint64_t idle_since;
+    uint64_t notify_at;       /* when close_notify was queued */
     const char *close_reason; /* why CLOSING was entered (static) */
 
     ztm_op_t defer_op; /* a NOP: delivers `closed` outside the caller's stack */

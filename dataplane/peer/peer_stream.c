@@ -48,7 +48,8 @@ struct pstream {
     bool end_told; /* UDP importer: on_end called (or the user closed) */
     uint8_t *up, *down, *dgram;
     uint32_t up_head, up_len, down_head, down_len;
-    uint32_t send_len; /* UDP: the bytes of the frame in flight */
+    uint32_t send_len;             /* UDP: the bytes of the frame in flight */
+    uint64_t bytes_up, bytes_down; /* to and from the far end */
     ztm_op_t recv_op, send_op, connect_op;
     struct msghdr msg;
     struct iovec iov[2];
@@ -107,6 +108,14 @@ static void pstream_release(ztm_ref_t *ref)
     pstream_t *st = (pstream_t *)((char *)ref - offsetof(pstream_t, ref));
     ztm_peer_t *p = st->p;
     ztm_timer_cancel(ztm_worker_timers(p->w), &st->timer);
+    ztm_log(ZTM_LOG_DEBUG, "tunnel.close",
+            "peer=%llu stream=%d side=%s service=%s proto=%s up=%llu down=%llu end=%s",
+            (unsigned long long)p->id, st->id, st->client ? "importer" : "exporter", st->service,
+            st->udp ? "udp" : "tcp", (unsigned long long)st->bytes_up,
+            (unsigned long long)st->bytes_down,
+            st->phase == ST_REFUSED ? "refused"
+            : st->abortive          ? "reset"
+                                    : "done");
     if (st->fd >= 0) {
         if (st->abortive)
             ztm_sock_abortive(st->fd);
@@ -283,15 +292,16 @@ static void on_recv(ztm_worker_t *w, ztm_op_t *op, int res, uint32_t flags)
         resume_up(st);
     } else {
         if (res != -ECONNRESET && res != -EPIPE)
-            ztm_log(ZTM_LOG_WARN, "tunnel.recv_error", "peer=%llu stream=%d service=%s error=\"%s\"",
-                    (unsigned long long)p->id, st->id, st->service, strerror(-res));
+            ztm_log(ZTM_LOG_WARN, "tunnel.recv_error",
+                    "peer=%llu stream=%d service=%s error=\"%s\"", (unsigned long long)p->id,
+                    st->id, st->service, strerror(-res));
         reset_both(st);
     }
     peer_leave(p);
 }
 
-static ssize_t on_read_body(ztm_h2_session_t *s, void *user, int32_t id, void *sdata,
-                            uint8_t *dst, size_t max, bool *eof)
+static ssize_t on_read_body(ztm_h2_session_t *s, void *user, int32_t id, void *sdata, uint8_t *dst,
+                            size_t max, bool *eof)
 {
     pstream_t *st = sdata;
     if (!st) {
@@ -303,6 +313,7 @@ static ssize_t on_read_body(ztm_h2_session_t *s, void *user, int32_t id, void *s
         ring_peek(st->up, st->up_head, 0, dst, n);
         ring_drop(&st->up_head, &st->up_len, n);
         st->p->stats.bytes_out += n;
+        st->bytes_up += n;
         up_arm(st);
     }
     if (!st->up_len && st->up_eof)
@@ -315,8 +326,8 @@ static ssize_t on_read_body(ztm_h2_session_t *s, void *user, int32_t id, void *s
 /* ---- inner stream -> socket ------------------------------------------------- */
 static void maybe_shut(pstream_t *st)
 {
-    if (st->local_done || !st->down_eof || st->down_len || st->down_shut ||
-        st->send_op.inflight || st->phase != ST_OPEN || st->udp)
+    if (st->local_done || !st->down_eof || st->down_len || st->down_shut || st->send_op.inflight ||
+        st->phase != ST_OPEN || st->udp)
         return;
     if (shutdown(st->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
         reset_both(st);
@@ -336,7 +347,7 @@ static void down_send(pstream_t *st)
         return;
     }
     uint32_t n = st->down_len < PEER_STREAM_BUF - st->down_head ? st->down_len
-                                                                 : PEER_STREAM_BUF - st->down_head;
+                                                                : PEER_STREAM_BUF - st->down_head;
     io_uring_prep_send(ztm_worker_sqe(st->p->w, &st->send_op), st->fd, st->down + st->down_head, n,
                        MSG_NOSIGNAL);
 }
@@ -466,7 +477,8 @@ static void refuse(pstream_t *st, int status, const char *why)
     sanitize(st->why, sizeof(st->why), why);
     st->phase = ST_REFUSED;
     p->stats.streams_refused++;
-    ztm_log(ZTM_LOG_INFO, "tunnel.deny", "peer=%llu stream=%d caller=%s service=%s status=%d error=\"%s\"",
+    ztm_log(ZTM_LOG_INFO, "tunnel.deny",
+            "peer=%llu stream=%d caller=%s service=%s status=%d error=\"%s\"",
             (unsigned long long)p->id, st->id, p->peer_id.name, st->service, status, st->why);
     if (st->h2_live && p->h2) {
         ztm_h2_header_t h = {"ztm-error", 9, st->why, strlen(st->why)};
@@ -480,8 +492,9 @@ static void connect_failed(pstream_t *st, const char *what)
 {
     char to[ZTM_ADDRSTRLEN], why[96];
     ztm_addr_format((const struct sockaddr *)&st->to.ss, to, sizeof(to));
-    ztm_log(ZTM_LOG_WARN, "tunnel.connect_failed", "peer=%llu stream=%d service=%s to=%s error=\"%s\"",
-            (unsigned long long)st->p->id, st->id, st->service, to, what);
+    ztm_log(ZTM_LOG_WARN, "tunnel.connect_failed",
+            "peer=%llu stream=%d service=%s to=%s error=\"%s\"", (unsigned long long)st->p->id,
+            st->id, st->service, to, what);
     snprintf(why, sizeof(why), "target: %s", what);
     refuse(st, 502, why);
 }
@@ -536,7 +549,8 @@ static void start_target(pstream_t *st)
             opened(st);
         return;
     }
-    ztm_timer_arm(ztm_worker_timers(p->w), &st->timer, ztm_worker_now(p->w) + p->connect_timeout_ns);
+    ztm_timer_arm(ztm_worker_timers(p->w), &st->timer,
+                  ztm_worker_now(p->w) + p->connect_timeout_ns);
     io_uring_prep_connect(ztm_worker_sqe(p->w, &st->connect_op), fd,
                           (const struct sockaddr *)&st->to.ss, st->to.len);
 }
@@ -625,7 +639,16 @@ static void on_response(ztm_h2_session_t *s, void *user, int32_t id, void *sdata
     p->stats.streams_refused++;
     ztm_log(ZTM_LOG_WARN, "tunnel.refused", "peer=%llu service=%s status=%d error=\"%s\"",
             (unsigned long long)p->id, st->service, resp->status, st->why);
-    ztm_h2_reset(s, id, ZTM_H2_CANCEL);
+    if (resp->end_stream) {
+        /* The exporter is done with the stream: end ours too (a reset would
+         * count against the rapid-reset budget of the session). */
+        st->up_len = 0;
+        st->up_eof = true;
+        st->up_parked = true;
+        resume_up(st);
+    } else {
+        ztm_h2_reset(s, id, ZTM_H2_CANCEL);
+    }
     if (st->udp) {
         char why[160];
         snprintf(why, sizeof(why), "refused: %d %s", resp->status, st->why);
@@ -652,6 +675,7 @@ static void on_data(ztm_h2_session_t *s, void *user, int32_t id, void *sdata, co
     }
     ring_put(st->down, st->down_head, &st->down_len, data, (uint32_t)len);
     p->stats.bytes_in += len;
+    st->bytes_down += len;
     if (!st->udp) {
         down_send(st);
         return;
@@ -736,7 +760,8 @@ static int open_stream(ztm_peer_t *p, pstream_t *st, const char *suffix)
 
 static bool may_open(const ztm_peer_t *p)
 {
-    return p->client && p->h2 && !p->close_reason && (p->state == P_HANDSHAKE || p->state == P_OPEN);
+    return p->client && p->h2 && !p->close_reason &&
+           (p->state == P_HANDSHAKE || p->state == P_OPEN);
 }
 
 int pstream_connect_tcp(ztm_peer_t *p, const char *service, int fd)
@@ -806,6 +831,6 @@ void pstream_udp_close(ztm_peer_t *p, uint32_t flow_id)
     if (!st)
         return;
     st->end_told = true; /* the user knows */
-    ztm_h2_reset(p->h2, st->id, ZTM_H2_CANCEL);
-    close_local(st, false);
+    udp_end_flow(st, "closed");
+    close_local(st, false); /* replies still on their way are dropped */
 }

@@ -4,15 +4,18 @@
  * 127.0.0.1 on both sides (a TCP echo target, a UDP echo target, the
  * importer's accepted connections).
  *
- * Checked: 8 MiB of random bytes each way, exact; a stream opened before
+ * Checked: 8 MiB of random bytes each way, exact; a writer that does not
+ * read is stopped by flow control, then gets every byte; 40 tunnels at
+ * once through one session; a stream opened before
  * the handshake; half-close (FIN after the request, the reply still
  * arrives, then EOF); an RST from the local client reaches the target as
- * an RST; a target that refuses, and RESOLVE refusing (403) or not knowing
- * (404) the service: the local socket is closed and tunnel.refused logged;
- * the wrong peer (expect_name) ends the session "verify: wrong_peer"; UDP
- * datagrams of many sizes both ways, oversize refused, the flow's idle
- * timeout, a refused flow; the session's idle timeout and a graceful close
- * (both ends see a clean end).
+ * an RST, and one from the target the local client; a target that
+ * refuses, and RESOLVE refusing (403) or not knowing (404) the service:
+ * the local socket is closed and tunnel.refused logged; the wrong peer
+ * (expect_name) ends the session "verify: wrong_peer"; UDP datagrams of
+ * many sizes both ways, oversize refused, the flow's idle timeout, a
+ * refused flow; the session's idle timeout and a graceful close (both ends
+ * see a clean end).
  *
  * The test thread drives; everything that touches a session runs on the
  * worker (call_on_worker). */
@@ -41,9 +44,9 @@
 #include "dataplane/runtime/log.h"
 #include "tests/unit/check.h"
 
-#define WINDOW    40000 /* carrier window per direction: not a multiple of a record */
-#define BIG       (8u << 20)
-#define MESH      "m1"
+#define WINDOW     40000 /* carrier window per direction: not a multiple of a record */
+#define BIG        (8u << 20)
+#define MESH       "m1"
 #define SECRET_WHY "endpoint alice is not in the allow list of service secret"
 
 /* ---- the mesh: a CA and two agents, files in a temp dir -------------------- */
@@ -126,7 +129,7 @@ static int echo_lfd, pair_lfd, udp_fd;
 static ztm_addr_t echo_addr, udp_addr, closed_addr;
 static struct sockaddr_in pair_addr;
 static atomic_int echo_resets, stop_udp;
-static pthread_t echo_threads[64];
+static pthread_t echo_threads[128];
 static atomic_int n_echo_threads;
 
 static int listener(struct sockaddr_in *a)
@@ -151,9 +154,19 @@ static void to_addr(const struct sockaddr_in *a, ztm_addr_t *out)
     out->len = sizeof(*a);
 }
 
+/* Small fixed socket buffers (no autotuning), so what the kernel holds
+ * does not hide what the sessions hold. */
+static void small_buffers(int fd)
+{
+    int n = 64 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &n, sizeof(n));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &n, sizeof(n));
+}
+
 static void *echo_conn(void *arg)
 {
     int fd = (int)(intptr_t)arg;
+    small_buffers(fd);
     static __thread uint8_t buf[65536];
     for (;;) {
         ssize_t n = read(fd, buf, sizeof(buf));
@@ -166,6 +179,10 @@ static void *echo_conn(void *arg)
         }
         if (n == 0) {
             shutdown(fd, SHUT_WR);
+            break;
+        }
+        if (n >= 4 && !memcmp(buf, "RST!", 4)) { /* asked to reset */
+            ztm_sock_abortive(fd);
             break;
         }
         for (ssize_t off = 0; off < n;) {
@@ -187,7 +204,7 @@ static void *echo_accept(void *arg)
         if (fd < 0)
             return NULL; /* the listener was shut down */
         int i = atomic_fetch_add(&n_echo_threads, 1);
-        if (i >= 64 || pthread_create(&echo_threads[i], NULL, echo_conn, (void *)(intptr_t)fd)) {
+        if (i >= 128 || pthread_create(&echo_threads[i], NULL, echo_conn, (void *)(intptr_t)fd)) {
             fprintf(stderr, "too many echo connections\n");
             exit(1);
         }
@@ -250,6 +267,8 @@ static void tcp_pair(int sv[2])
         perror("accept");
         exit(1);
     }
+    small_buffers(sv[0]);
+    small_buffers(sv[1]);
 }
 
 /* ---- the engine, and calls onto its worker ---------------------------------- */
@@ -327,7 +346,8 @@ static void pump(ztm_worker_t *w, ztm_op_t *op, int res, uint32_t flags)
     }
     while (e->p && e->credit && !e->eof_out) {
         bool eof;
-        size_t n = ztm_peer_produce(e->p, buf, e->credit < sizeof(buf) ? e->credit : sizeof(buf), &eof);
+        size_t n =
+            ztm_peer_produce(e->p, buf, e->credit < sizeof(buf) ? e->credit : sizeof(buf), &eof);
         e->credit -= n;
         if (n && e->other->p)
             ztm_peer_feed(e->other->p, buf, n);
@@ -412,10 +432,17 @@ static void w_new_pair(void *arg)
     pr->a.credit = pr->b.credit = WINDOW;
     ztm_op_init(&pr->a.op, pump, NULL);
     ztm_op_init(&pr->b.op, pump, NULL);
-    ztm_peer_config_t cc = {.tls = client_ctx, .mesh = MESH, .expect_name = np->expect,
-                            .idle_timeout_ns = np->idle_ns, .udp_idle_timeout_ns = np->udp_idle_ns};
-    ztm_peer_config_t sc = {.tls = server_ctx, .mesh = MESH, .resolve = resolve,
-                            .idle_timeout_ns = np->idle_ns, .udp_idle_timeout_ns = np->udp_idle_ns,
+    ztm_peer_config_t cc = {.tls = client_ctx,
+                            .mesh = MESH,
+                            .expect_name = np->expect,
+                            .idle_timeout_ns = np->idle_ns,
+                            .udp_idle_timeout_ns = np->udp_idle_ns};
+    ztm_peer_config_t sc = {.tls = server_ctx,
+                            .mesh = MESH,
+                            .resolve = resolve,
+                            .idle_timeout_ns = np->idle_ns,
+                            /* longer: the importer's flow timer is the one tested */
+                            .udp_idle_timeout_ns = 3 * np->udp_idle_ns,
                             .connect_timeout_ns = 2 * ZTM_NS_PER_SEC};
     CHECK_EQ(ztm_peer_new(W, &cc, &carrier, &pr->a, &pr->a.p), 0);
     CHECK_EQ(ztm_peer_new(W, &sc, &carrier, &pr->b, &pr->b.p), 0);
@@ -563,6 +590,106 @@ static void test_big(pair_t *pr)
     free(in);
 }
 
+static uint8_t pattern(size_t i)
+{
+    return (uint8_t)((i * 2654435761u) >> 13);
+}
+
+/* A local client that writes and does not read: flow control stops it
+ * (every buffer on the way is bounded), then everything arrives, exact. */
+static void test_backpressure(pair_t *pr)
+{
+    int fd = open_tunnel(pr, "echo");
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    static uint8_t chunk[65536];
+    size_t written = 0;
+    for (int idle_ms = 0; written < (64u << 20) && idle_ms < 500;) {
+        for (size_t j = 0; j < sizeof(chunk); j++)
+            chunk[j] = pattern(written + j);
+        ssize_t w = write(fd, chunk, sizeof(chunk));
+        if (w > 0) {
+            written += (size_t)w;
+            idle_ms = 0;
+        } else if (w < 0 && errno == EAGAIN) {
+            usleep(10000);
+            idle_ms += 10;
+        } else {
+            break;
+        }
+    }
+    /* Stopped, not buffered without bound: the sessions hold a few ring
+     * buffers; the target's socket (kernel-tuned) holds the most. */
+    if (written >= (16u << 20))
+        fprintf(stderr, "the writer got %zu bytes in without reading\n", written);
+    CHECK(written < (16u << 20));
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    CHECK_EQ(shutdown(fd, SHUT_WR), 0);
+    size_t got = 0, bad = 0;
+    for (;;) {
+        ssize_t n = read(fd, chunk, sizeof(chunk));
+        if (n <= 0)
+            break;
+        for (ssize_t j = 0; j < n; j++)
+            bad += chunk[j] != pattern(got + (size_t)j);
+        got += (size_t)n;
+    }
+    CHECK_EQ(got, written);
+    CHECK_EQ(bad, 0);
+    close(fd);
+}
+
+/* Many tunnels at once, each its own bytes, through one session. */
+#define NCONC      40
+#define CONC_BYTES (256u * 1024)
+static void test_concurrent(pair_t *pr)
+{
+    int fds[NCONC];
+    size_t sent[NCONC] = {0}, got[NCONC] = {0}, bad = 0;
+    bool eof[NCONC] = {0};
+    for (int i = 0; i < NCONC; i++) {
+        fds[i] = open_tunnel(pr, "echo");
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+    }
+    static uint8_t buf[16384];
+    int open = NCONC;
+    for (int quiet = 0; open && quiet < 10;) {
+        struct pollfd pf[NCONC];
+        for (int i = 0; i < NCONC; i++)
+            pf[i] = (struct pollfd){eof[i] ? -1 : fds[i], /* no POLLHUP from the done */
+                                    (short)(POLLIN | (sent[i] < CONC_BYTES ? POLLOUT : 0))};
+        int r = poll(pf, NCONC, 1000);
+        quiet = r > 0 ? 0 : quiet + 1;
+        for (int i = 0; i < NCONC && r > 0; i++) {
+            size_t base = (size_t)i * 1000003u;
+            if ((pf[i].revents & POLLOUT) && sent[i] < CONC_BYTES) {
+                size_t n = CONC_BYTES - sent[i] < sizeof(buf) ? CONC_BYTES - sent[i] : sizeof(buf);
+                for (size_t j = 0; j < n; j++)
+                    buf[j] = pattern(base + sent[i] + j);
+                ssize_t w = write(fds[i], buf, n);
+                if (w > 0 && (sent[i] += (size_t)w) == CONC_BYTES)
+                    shutdown(fds[i], SHUT_WR);
+            }
+            if (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+                ssize_t n = read(fds[i], buf, sizeof(buf));
+                if (n > 0) {
+                    for (ssize_t j = 0; j < n; j++)
+                        bad += buf[j] != pattern(base + got[i] + (size_t)j);
+                    got[i] += (size_t)n;
+                } else if (n == 0 || errno != EAGAIN) {
+                    eof[i] = true;
+                    open--;
+                }
+            }
+        }
+    }
+    CHECK_EQ(open, 0);
+    CHECK_EQ(bad, 0);
+    for (int i = 0; i < NCONC; i++) {
+        CHECK_EQ(got[i], CONC_BYTES);
+        close(fds[i]);
+    }
+}
+
 /* FIN after the request: the reply still arrives, then EOF. */
 static void check_half_close(int fd, const char *msg)
 {
@@ -603,6 +730,18 @@ static void test_reset(pair_t *pr)
     for (int i = 0; i < 500 && atomic_load(&echo_resets) == before; i++)
         usleep(10000);
     CHECK_EQ(atomic_load(&echo_resets), before + 1);
+}
+
+/* An RST from the target reaches the local client as an RST. */
+static void test_target_reset(pair_t *pr)
+{
+    int fd = open_tunnel(pr, "echo");
+    CHECK(write_all(fd, (const uint8_t *)"RST!", 4));
+    uint8_t buf[16];
+    bool reset;
+    CHECK_EQ(read_to_eof(fd, buf, sizeof(buf), &reset), 0);
+    CHECK(reset);
+    close(fd);
 }
 
 /* ---- UDP -------------------------------------------------------------------- */
@@ -764,11 +903,14 @@ static void *drive(void *arg)
     CHECK(!strcmp(resolve_caller, MESH "/alice"));
 
     test_big(pr);
+    test_backpressure(pr);
+    test_concurrent(pr);
     check_half_close(open_tunnel(pr, "echo"), "half-closed, still answered");
     check_refused(pr, "down");   /* the target refuses: 502 */
     check_refused(pr, "secret"); /* RESOLVE refuses: 403 */
     check_refused(pr, "nosuch"); /* unknown: 404 */
     test_reset(pr);
+    test_target_reset(pr);
     test_udp(pr);
     CHECK(wait_for(no_streams, pr, 5000));
     call_on_worker(w_stats, &st);
@@ -842,14 +984,15 @@ int main(void)
         perror("log");
         return 1;
     }
+    ztm_log_set_level(ZTM_LOG_DEBUG); /* every log line's formatting runs too */
     make_mesh();
     client_ctx = make_ctx(ZTM_TLS_CLIENT, alice_crt, alice_key);
     server_ctx = make_ctx(ZTM_TLS_SERVER, bob_crt, bob_key);
     pthread_t acc, uecho;
     start_targets(&acc, &uecho);
 
-    ztm_engine_config_t ec = {.workers = 1, .buf_count = 64, .buf_size = 4096,
-                              .drain_timeout_ns = 5 * ZTM_NS_PER_SEC};
+    ztm_engine_config_t ec = {
+        .workers = 1, .buf_count = 64, .buf_size = 4096, .drain_timeout_ns = 5 * ZTM_NS_PER_SEC};
     CHECK_EQ(ztm_engine_run(&ec, &svc, NULL, on_ready), 0);
     pthread_join(driver, NULL);
 
@@ -877,7 +1020,8 @@ int main(void)
     close(log_fd);
     if (log) {
         fwrite(log, 1, len, stderr);
-        CHECK(strstr(log, "tunnel.refused") && strstr(log, "service=down status=502 error=\"target: "));
+        CHECK(strstr(log, "tunnel.refused") &&
+              strstr(log, "service=down status=502 error=\"target: "));
         CHECK(strstr(log, "service=secret status=403 error=\"" SECRET_WHY "\""));
         CHECK(strstr(log, "service=nosuch status=404 error=\"unknown service\""));
         free(log);
