@@ -645,34 +645,49 @@ def brief(rec):
 
 # ---- the profile: where the ztm path's time goes ----------------------------------
 
-# Symbol and library patterns for the one-line breakdown per process.
-CATEGORIES = [
-    ("TLS crypto (BoringSSL)", lambda dso, sym: "libcrypto" in dso or "libssl" in dso
-     or re.search(r"aes|gcm|ghash|gfmul|chacha|poly1305|sha256|sha512", sym, re.I)),
-    ("kernel", lambda dso, sym: dso.startswith("[kernel") or dso == "[unknown]" and sym.startswith("0xffff")),
-    ("memcpy/memmove", lambda dso, sym: re.search(r"mem(cpy|move)", sym)),
-    ("nghttp2", lambda dso, sym: "nghttp2" in dso),
-    ("ztm", lambda dso, sym: os.path.basename(dso) == "ztm"),
-    ("libc, other", lambda dso, sym: "libc" in dso),
-]
-
-
 def _perf_rows(text):
-    """(percent, dso, symbol) rows of `perf report --stdio --sort dso,sym`."""
-    rows = []
+    """(percent, dso, symbol) rows of `perf report --stdio --sort dso,sym`,
+    largest first. Addresses without a symbol (a stripped library: Debian's
+    BoringSSL keeps only its exported names) are summed into one row per
+    library."""
+    rows, unnamed = [], {}
     for line in text.splitlines():
         m = re.match(r"^\s*([\d.]+)%\s+(\S+)\s+\[([.k])\]\s+(.*\S)\s*$", line)
-        if m:
-            rows.append((float(m.group(1)), m.group(2), m.group(4)))
-    return rows
+        if not m:
+            continue
+        pct, dso, sym = float(m.group(1)), m.group(2), m.group(4)
+        if re.fullmatch(r"0x[0-9a-f]+", sym):
+            unnamed[dso] = unnamed.get(dso, 0.0) + pct
+        else:
+            rows.append((pct, dso, sym))
+    rows += [(pct, dso, "(addresses without a symbol, summed)") for dso, pct in unnamed.items()]
+    return sorted(rows, key=lambda r: -r[0])
 
 
-def _categorize(rows):
+def _perf_dsos(text):
+    """{library: percent} from `perf report --stdio --sort dso`."""
     out = {}
-    for pct, dso, sym in rows:
-        cat = next((name for name, test in CATEGORIES if test(dso, sym)), "other")
-        out[cat] = out.get(cat, 0.0) + pct
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    for line in text.splitlines():
+        m = re.match(r"^\s*([\d.]+)%\s+(\S+)\s*$", line)
+        if m:
+            name = m.group(2)
+            name = "kernel" if name.startswith("[kernel") else os.path.basename(name)
+            out[name] = out.get(name, 0.0) + float(m.group(1))
+    return out
+
+
+def _ctx_switches(pid):
+    """Voluntary + involuntary context switches of PID's threads so far."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return total
 
 
 def profile(ctx, cfg, setup):
@@ -700,6 +715,7 @@ def profile(ctx, cfg, setup):
         time.sleep(1)  # past the slow start
         watch = Watch(path.roles)
         watch.start()
+        switches0 = {k: _ctx_switches(p.pid) for k, p in path.roles}
         pdir = os.path.join(ctx.tmp, "perf")
         os.makedirs(pdir, exist_ok=True)
         for key, proc in path.roles:
@@ -710,6 +726,8 @@ def profile(ctx, cfg, setup):
         while any(r.alive() for _, _, r in recorders) and time.monotonic() < t_end:
             time.sleep(0.1)
         result["usage"] = watch.stop()
+        result["ctx_switches_per_s"] = {k: round((_ctx_switches(p.pid) - switches0[k]) / seconds)
+                                        for k, p in path.roles}
         while client.alive() and time.monotonic() < t_end:
             time.sleep(0.1)
         out = client.stdout_text()
@@ -723,22 +741,23 @@ def profile(ctx, cfg, setup):
             if not os.path.exists(data):
                 result["processes"][key] = {"error": f"perf record wrote nothing: {rec.tail()}"}
                 continue
-            rargv = [perf, "report", "-i", data, "--stdio", "--no-children", "-g", "none",
-                     "--sort", "dso,sym", "--percent-limit", "0.3"]
-            code, so, se = ctx.procs.run(f"perf report {key}", rargv, 120)
-            rows = _perf_rows(so)
-            if code != 0 or not rows:
-                result["processes"][key] = {"error": f"perf report failed (code {code}): {_tail(se or so)}"}
+            base = [perf, "report", "-i", data, "--stdio", "--no-children", "-g", "none"]
+            code, so, se = ctx.procs.run(f"perf report {key}", base + ["--sort", "dso,sym"], 120)
+            code2, so2, se2 = ctx.procs.run(f"perf report {key}", base + ["--sort", "dso"], 120)
+            rows, dsos = _perf_rows(so), _perf_dsos(so2)
+            if code != 0 or code2 != 0 or not rows or not dsos:
+                result["processes"][key] = {"error": f"perf report failed (code {code}, {code2}): "
+                                                     f"{_tail(se or so or se2 or so2)}"}
                 continue
             samples = re.search(r"^# Samples: (\S+)", so, re.M)
             result["processes"][key] = {
                 "samples": samples.group(1) if samples else None,
-                "categories": {k: round(v, 1) for k, v in _categorize(rows).items()},
-                "top": [[round(p, 2), os.path.basename(dso), sym] for p, dso, sym in rows[:15]],
+                "libraries": {k: round(v, 1) for k, v in sorted(dsos.items(), key=lambda kv: -kv[1])},
+                "top": [[round(p, 2), os.path.basename(dso), sym] for p, dso, sym in rows[:20]],
             }
         result["record_command"] = f"perf record -g -o $TMP/perf/ROLE.data -p PID -- sleep {fmt_s(seconds)}"
         result["report_command"] = ("perf report -i $TMP/perf/ROLE.data --stdio --no-children -g none "
-                                    "--sort dso,sym --percent-limit 0.3")
+                                    "--sort dso (and --sort dso,sym)")
     except (Failed, StartError) as e:
         result["error"] = str(e)
     finally:
@@ -1072,15 +1091,17 @@ def _render_profile(p):
             f"`{p.get('report_command', '')}`. Shares are of each process's own samples; the CPU % of each "
             "process during the profile gives their weight.", ""]
     rows = []
+    switches = p.get("ctx_switches_per_s") or {}
     for key, pr in procs.items():
         cpu = usage.get(f"cpu_pct_{key}")
+        sw = switches.get(key)
         if pr.get("error"):
-            rows.append([key, "–", pr["error"]])
+            rows.append([key, "–", "–", pr["error"]])
             continue
-        cats = ", ".join(f"{k} {v:.0f} %" for k, v in pr["categories"].items() if v >= 1)
-        rows.append([key, "–" if cpu is None else f"{cpu:.0f} %", cats])
-    out += [report.table(["process", "CPU %", "where its time goes (self time, by library / kind)"], rows,
-                         right={1}), ""]
+        libs = ", ".join(f"{k} {v:.0f} %" for k, v in pr["libraries"].items() if v >= 1)
+        rows.append([key, "–" if cpu is None else f"{cpu:.0f} %", "–" if sw is None else f"{sw:,}", libs])
+    out += [report.table(["process", "CPU %", "context switches/s", "self time by library"], rows,
+                         right={1, 2}), ""]
     for key, pr in procs.items():
         if pr.get("top"):
             out += [f"Top symbols, {key} ({pr.get('samples') or '?'} samples):", "", "```"]
