@@ -283,6 +283,7 @@ class Path:
         self.roles = []  # (key, Proc)
         self.procs = []
         self.argv = {}
+        self.info = {}
 
     def add(self, proc, role=None):
         self.procs.append(proc)
@@ -364,6 +365,8 @@ def start_ztm(ctx, path, target):
                                                                   cfg_dir), 10)
             j = _json(out) if code == 0 else None
             meshes = (j or {}).get("meshes") or [{}]
+            if meshes[0].get("record_layer"):
+                path.info["record_layer"] = meshes[0]["record_layer"]
             return meshes[0].get("hub_state") == "up", _tail(err or out)
         return probe
     for role, state in states.items():
@@ -587,6 +590,8 @@ def measure(ctx, cfg, rnd, test, variant, setup):
             raise Failed(f"{name} failed to start: {e}") from None
         path = start_path(ctx, variant, port, setup)
         rec["argv"].update(path.argv)
+        if path.info:
+            rec["path_info"] = path.info
         argv = rec["argv"]["client"] = client_argv(ctx.bin, test, path.port, cfg)
         if test["kind"] == "iperf3":
             timeout, parse = cfg["iperf3_seconds"] + 30, parse_iperf3
@@ -1036,6 +1041,12 @@ def render(data):
             "(TLS in, plain out to the backend), mirroring agent → hub → agent; the middle sees plaintext, "
             "which ztm's hub does not. A TLS handshake per hop per connection (no session resumption "
             "across connections).", ""]
+    layers = sorted({r["path_info"]["record_layer"] for r in data["runs_raw"]
+                     if (r.get("path_info") or {}).get("record_layer")})
+    if layers:
+        out += [f"ztm's hub links ran with the TLS record layer in: {', '.join(layers)} (`ztm status`: "
+                "*user* = BoringSSL in the process, *kernel* = kTLS; the agent's default `--ktls auto` "
+                "falls back to user when the kernel has no TLS ULP).", ""]
     for n in data.get("setup_notes") or []:
         out += [f"Setup: {n}.", ""]
 
