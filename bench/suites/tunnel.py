@@ -91,6 +91,10 @@ ROWS = [
     ("connrate", "conns_per_s", "new connections/s (connect, 1 B echo, close)", True),
     ("connrate", "p50_us", "new connection p50, µs", False),
     ("connrate", "p99_us", "new connection p99, µs", False),
+    ("iperf3_1", "cpu_s_per_gb", "tunnel CPU seconds per GB (iperf3 1 stream)", False),
+    ("iperf3_8", "cpu_s_per_gb", "tunnel CPU seconds per GB (iperf3 8 streams)", False),
+    ("pingpong", "cpu_us_per_rt", "tunnel CPU µs per round trip (ping-pong)", False),
+    ("connrate", "cpu_us_per_conn", "tunnel CPU µs per new connection", False),
     ("iperf3_1", "cpu_pct_total", "tunnel CPU % (iperf3 1 stream)", None),
     ("iperf3_8", "cpu_pct_total", "tunnel CPU % (iperf3 8 streams)", None),
     ("pingpong", "cpu_pct_total", "tunnel CPU % (ping-pong)", None),
@@ -611,6 +615,16 @@ def measure(ctx, cfg, rnd, test, variant, setup):
                          f"{proc.popen.poll()}): {proc.tail()}")
         metrics = parse(code, out, err, timeout)
         metrics.update(usage)
+        # CPU per unit of work: how much of the machine the path needs,
+        # which holds better than the rates on a machine shared with others.
+        busy = usage.get("cpu_pct_total")
+        if busy:
+            if metrics.get("gbit_s"):
+                metrics["cpu_s_per_gb"] = round(busy / 100 / (metrics["gbit_s"] / 8), 3)
+            elif metrics.get("conns_per_s"):
+                metrics["cpu_us_per_conn"] = round(busy / 100 / metrics["conns_per_s"] * 1e6, 1)
+            elif metrics.get("rt_per_s"):
+                metrics["cpu_us_per_rt"] = round(busy / 100 / metrics["rt_per_s"] * 1e6, 1)
         rec["metrics"] = metrics
         rec["wall_s"] = round(wall, 3)
         rec["ok"] = True
@@ -988,7 +1002,9 @@ def render(data):
             f"{cfg['pingpong_warmup']:g} s of warm-up; new connections: 4 client threads each doing connect, "
             f"1-byte echo, close, {cfg['connrate_seconds']:g} s after {cfg['connrate_warmup']:g} s of warm-up "
             "(latency = the whole exchange). Tunnel CPU %: CPU time of all the path's processes over the "
-            "client's run time (100 % = one core); RSS: the largest sum of their resident memory, "
+            "client's run time (100 % = one core); CPU per unit: that CPU over the rate (CPU seconds per GB "
+            "received, µs per round trip or per connection), which holds better than the rates on a "
+            "machine shared with other work; RSS: the largest sum of their resident memory, "
             f"sampled every {cfg['rss_interval_s'] * 1000:g} ms. The last columns: ztm over ssh -L and over "
             "the stunnel chain (above 1× is better for rates, below 1× for latency).", ""]
     rows = []
