@@ -996,6 +996,14 @@ def render(data):
 
     runs = (f"Median of {data['runs']} runs (min–max)" if data["runs"] > 1
             else "One run per measurement, so no spread")
+    la = data.get("load_average") or {}
+    busy = [v[0] for v in (la.get("start"), la.get("end")) if v]
+    cpus = data["machine"].get("nproc") or 1
+    if busy and max(busy) > cpus:
+        out += [f"> **A busy machine**: the 1-minute load average was {' at the start, '.join(f'{b:g}' for b in busy)} "
+                f"at the end, on {cpus} CPUs: other work competed with every measurement. A path whose "
+                "processes wait for a CPU loses more than its CPU cost says; the CPU per unit of work "
+                "(below) is the steadier comparison.", ""]
     out += ["## Results", "",
             f"{runs}. iperf3 {cfg['iperf3_seconds']:g} s per run, Gbit/s as received by the server; "
             f"ping-pong 64 B over one connection, {cfg['pingpong_seconds']:g} s after "
@@ -1039,7 +1047,7 @@ def render(data):
             rows.append(row)
     out += [report.table(["process", *(t["label"] for t in data["tests"])], rows), ""]
 
-    out += _render_profile(data.get("profile") or {})
+    out += _render_profile(data.get("profile") or {}, dict(roles["ztm"]))
 
     out += ["## The paths", "",
             "- **direct loopback**: the client connects to the backend (iperf3 -s, ztm-pingpong server).",
@@ -1103,7 +1111,7 @@ def render(data):
     return "\n".join(out)
 
 
-def _render_profile(p):
+def _render_profile(p, names):
     out = ["## Profile of the ztm tunnel", ""]
     if p.get("skipped"):
         return out + [f"Not run: {p['skipped']}.", ""]
@@ -1123,15 +1131,16 @@ def _render_profile(p):
         cpu = usage.get(f"cpu_pct_{key}")
         sw = switches.get(key)
         if pr.get("error"):
-            rows.append([key, "–", "–", pr["error"]])
+            rows.append([names.get(key, key), "–", "–", pr["error"]])
             continue
         libs = ", ".join(f"{k} {v:.0f} %" for k, v in pr["libraries"].items() if v >= 1)
-        rows.append([key, "–" if cpu is None else f"{cpu:.0f} %", "–" if sw is None else f"{sw:,}", libs])
+        rows.append([names.get(key, key), "–" if cpu is None else f"{cpu:.0f} %", "–" if sw is None else f"{sw:,}",
+                     libs])
     out += [report.table(["process", "CPU %", "context switches/s", "self time by library"], rows,
                          right={1, 2}), ""]
     for key, pr in procs.items():
         if pr.get("top"):
-            out += [f"Top symbols, {key} ({pr.get('samples') or '?'} samples):", "", "```"]
+            out += [f"Top symbols, {names.get(key, key)} ({pr.get('samples') or '?'} samples):", "", "```"]
             out += [f"{pct:6.2f}%  {dso:<24} {sym}" for pct, dso, sym in pr["top"]]
             out += ["```", ""]
     return out
