@@ -583,6 +583,15 @@ def parse_pingpong(code, out, err, timeout):
 def measure(ctx, cfg, rnd, test, variant, setup):
     rec = {"round": rnd, "test": test["name"], "variant": variant, "ok": False, "error": None,
            "metrics": {}, "argv": {}}
+    try:
+        _measure(ctx, cfg, rec, test, variant, setup)
+    finally:
+        # Binaries of the build appear relative to the repository.
+        rec["argv"] = json.loads(json.dumps(rec["argv"]).replace(ROOT + os.sep, ""))
+    return rec
+
+
+def _measure(ctx, cfg, rec, test, variant, setup):
     backend = path = None
     try:
         port = free_port()
@@ -645,7 +654,6 @@ def measure(ctx, cfg, rnd, test, variant, setup):
             path.stop(ctx)
         if backend:
             ctx.procs.stop(backend)
-    return rec
 
 
 def brief(rec):
