@@ -1055,6 +1055,7 @@ def render(data):
             rows.append(row)
     out += [report.table(["process", *(t["label"] for t in data["tests"])], rows), ""]
 
+    out += _render_notes(data)
     out += _render_profile(data.get("profile") or {}, dict(roles["ztm"]))
 
     out += ["## The paths", "",
@@ -1152,3 +1153,62 @@ def _render_profile(p, names):
             out += [f"{pct:6.2f}%  {dso:<24} {sym}" for pct, dso, sym in pr["top"]]
             out += ["```", ""]
     return out
+
+
+def _med(data, test, variant, metric):
+    s = data["summary"].get(test, {}).get(variant, {}).get(metric)
+    return s["median"] if s else None
+
+
+def _render_notes(data):
+    """What the figures say about a missed target, from this run's data
+    alone (the profile, CPU per unit of work, the number of relaying
+    processes each way)."""
+    goals = {g["name"]: g for g in data["goals"]}
+    missed = [g for g in data["goals"] if g["met"] is False]
+    if not missed:
+        return []
+    out = ["## Why, from these figures", ""]
+    if any(g["kind"] == "ratio" for g in missed):
+        for test in IPERF_TESTS:
+            z, s = _med(data, test, "ztm", "cpu_s_per_gb"), _med(data, test, "ssh", "cpu_s_per_gb")
+            zc = _med(data, test, "ztm", "cpu_pct_total")
+            label = next(t["label"] for t in data["tests"] if t["name"] == test)
+            if z and s:
+                out.append(f"- {label}: the ztm path used {z:.2f} CPU seconds per GB, ssh -L {s:.2f} "
+                           f"({z / s:.1f}×), with the ztm processes together at {zc:.0f} % of a core.")
+        if out[-1].startswith("- iperf3"):
+            out.append("- Where the CPUs are the limit, 1.5× ssh's throughput needs at most 0.67× its CPU per "
+                       "byte.")
+        procs = (data.get("profile") or {}).get("processes") or {}
+        libs = {}
+        for pr in procs.values():
+            for k, v in (pr.get("libraries") or {}).items():
+                libs[k] = libs.get(k, 0.0) + v / len(procs)
+        if libs:
+            top = ", ".join(f"{k} {v:.0f} %" for k, v in sorted(libs.items(), key=lambda kv: -kv[1])[:4])
+            out.append(f"- The profile (below), averaged over the hub and the agents: {top} of their time. The "
+                       "kernel part is TCP over the path's four loopback connections (copies in and out, "
+                       "wake-ups); libcrypto is BoringSSL's AES-GCM, which each byte passes six times (the "
+                       "agents' end-to-end TLS inside each hub link's TLS: seal twice, open and seal at the hub, "
+                       "open twice); libc is mostly memmove between the rings and the TLS buffers.")
+        one, eight = _med(data, "iperf3_1", "ztm", "gbit_s"), _med(data, "iperf3_8", "ztm", "gbit_s")
+        c1 = _med(data, "iperf3_1", "ztm", "cpu_pct_total")
+        if one and eight and c1 is not None:
+            out.append(f"- One stream reached {one:.2f} Gbit/s, {one / eight:.2f}× the 8-stream figure, with the "
+                       f"ztm processes at {c1:.0f} % CPU together: a single stream is held back by its flow-"
+                       "control window across three processes as much as by CPU.")
+    lat = goals.get("p50 latency, 64 B ping-pong")
+    if lat and lat["met"] is False:
+        d = _med(data, "pingpong", "direct", "p50_us")
+        z = _med(data, "pingpong", "ztm", "p50_us")
+        sh = _med(data, "pingpong", "ssh", "p50_us")
+        cz = _med(data, "pingpong", "ztm", "cpu_us_per_rt")
+        line = (f"- Latency: ztm adds {z - d:.0f} µs to direct's p50; a round trip passes three relaying "
+                f"processes each way (agent, hub, agent): {(z - d) / 6:.0f} µs per pass, each a wake-up plus "
+                f"TLS and HTTP/2 work ({cz:.0f} CPU µs per round trip in all).")
+        if sh:
+            line += (f" ssh -L adds {sh - d:.0f} µs over two passes each way ({(sh - d) / 4:.0f} µs per pass): "
+                     "the extra hop through the hub is most of the gap.")
+        out.append(line)
+    return out + [""]
