@@ -2,7 +2,7 @@
  *
  *   ztm-pingpong server --listen HOST:PORT
  *   ztm-pingpong client --connect HOST:PORT [--size 64] [--conns 1]
- *                       [--seconds 10] [--warmup 1] [--json]
+ *                       [--seconds 10] [--warmup 1] [--new-conn] [--json]
  *
  * The server echoes every byte back, one thread per connection. Each client
  * connection sends SIZE bytes, waits until all SIZE bytes came back, checks
@@ -10,6 +10,11 @@
  * so the percentiles are exact rather than bucketed. Round trips that start
  * during the warm-up are not recorded. Both sides set TCP_NODELAY: the test
  * measures the path (kernel + whatever sits in the middle), not Nagle.
+ *
+ * With --new-conn every round trip runs on a connection of its own: connect,
+ * send SIZE bytes, read the echo, close; the time covers all of it, so the
+ * rate is new connections per second through whatever sits in the middle
+ * (each of the --conns client threads keeps one such exchange going).
  *
  * Only libc (and its pthreads). Exit codes: 0 ok, 1 runtime failure (connect,
  * a peer that closes or corrupts data), 2 usage.
@@ -44,13 +49,14 @@ static void usage(FILE *f)
     fprintf(f, "Usage:\n"
                "  " PROG " server --listen HOST:PORT\n"
                "  " PROG " client --connect HOST:PORT [--size 64] [--conns 1] [--seconds 10]\n"
-               "                       [--warmup 1] [--json]\n"
+               "                       [--warmup 1] [--new-conn] [--json]\n"
                "\n"
                "server: echo every byte back on each connection (port 0 = ephemeral; the\n"
                "        bound address is printed on stderr as 'listening on HOST:PORT').\n"
                "client: each connection sends SIZE bytes, waits for their echo, repeats for\n"
                "        SECONDS after a WARMUP; prints round trips/s and latency percentiles\n"
-               "        in microseconds (one JSON object with --json).\n");
+               "        in microseconds (one JSON object with --json). --new-conn: a new\n"
+               "        connection per round trip (connect, send, echo, close), timed whole.\n");
 }
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -218,6 +224,7 @@ typedef struct {
     int fd;
     int index;
     size_t size;
+    const struct addrinfo *ai; /* --new-conn: where each round trip connects */
     gate_t *gate;
     uint64_t warm_end, end;
     uint64_t *samples; /* round-trip times in ns, grown by doubling */
@@ -290,6 +297,8 @@ static bool round_trip(int fd, char *out, char *in, size_t size, const char **wh
     return true;
 }
 
+static int open_conn(const struct addrinfo *ai, const char **what);
+
 static void *client_thread(void *arg)
 {
     conn_t *c = arg;
@@ -316,7 +325,16 @@ static void *client_thread(void *arg)
         memcpy(out, &seq, c->size < sizeof(seq) ? c->size : sizeof(seq));
         const char *what;
         uint64_t t0 = now_ns();
-        if (!round_trip(c->fd, out, in, c->size, &what)) {
+        if (c->ai && (c->fd = open_conn(c->ai, &what)) < 0) {
+            snprintf(c->error, sizeof(c->error), "connect: %s after %" PRIu64 " connections", what, seq);
+            break;
+        }
+        bool ok = round_trip(c->fd, out, in, c->size, &what);
+        if (c->ai) {
+            close(c->fd);
+            c->fd = -1;
+        }
+        if (!ok) {
             snprintf(c->error, sizeof(c->error), "%s after %" PRIu64 " round trips", what, seq);
             break;
         }
@@ -364,7 +382,8 @@ static double pct_us(const uint64_t *s, size_t n, double p)
     return (double)s[rank - 1] / 1000.0;
 }
 
-static int connect_to(const struct addrinfo *ai, const char *spec)
+/* A connected socket with TCP_NODELAY, or -1 with WHAT saying why. */
+static int open_conn(const struct addrinfo *ai, const char **what)
 {
     int last = 0;
     for (const struct addrinfo *a = ai; a; a = a->ai_next) {
@@ -380,8 +399,17 @@ static int connect_to(const struct addrinfo *ai, const char *spec)
         last = errno;
         close(fd);
     }
-    fprintf(stderr, PROG ": error: cannot connect to %s: %s\n", spec, strerror(last));
+    *what = strerror(last);
     return -1;
+}
+
+static int connect_to(const struct addrinfo *ai, const char *spec)
+{
+    const char *what;
+    int fd = open_conn(ai, &what);
+    if (fd < 0)
+        fprintf(stderr, PROG ": error: cannot connect to %s: %s\n", spec, what);
+    return fd;
 }
 
 typedef struct {
@@ -389,6 +417,7 @@ typedef struct {
     size_t size;
     int conns;
     double seconds, warmup;
+    bool new_conn;
     bool json;
 } client_opts_t;
 
@@ -408,9 +437,18 @@ static int run_client(const client_opts_t *o)
         fprintf(stderr, PROG ": error: out of memory\n");
         goto Exit;
     }
+    /* --new-conn: each round trip connects by itself; one probe first, so a
+     * target that is not there fails here with a clear message. */
+    if (o->new_conn) {
+        int fd = connect_to(ai, o->connect);
+        if (fd < 0)
+            goto Exit;
+        close(fd);
+    }
     for (; opened < o->conns; opened++) {
-        conns[opened].fd = connect_to(ai, o->connect);
-        if (conns[opened].fd < 0)
+        conns[opened].fd = o->new_conn ? -1 : connect_to(ai, o->connect);
+        conns[opened].ai = o->new_conn ? ai : NULL;
+        if (conns[opened].fd < 0 && !o->new_conn)
             goto Exit;
     }
 
@@ -474,15 +512,18 @@ static int run_client(const client_opts_t *o)
     double p99 = pct_us(all, total, 99), p999 = pct_us(all, total, 99.9);
     double min = (double)all[0] / 1000.0, max = (double)all[total - 1] / 1000.0;
     if (o->json) {
-        printf("{\"connect\":\"%s\",\"size\":%zu,\"conns\":%d,\"seconds\":%g,\"warmup\":%g,"
-               "\"elapsed_s\":%.6f,\"round_trips\":%zu,\"rt_per_s\":%.1f,"
+        printf("{\"connect\":\"%s\",\"size\":%zu,\"conns\":%d,\"new_conn\":%s,\"seconds\":%g,"
+               "\"warmup\":%g,\"elapsed_s\":%.6f,\"round_trips\":%zu,\"rt_per_s\":%.1f,"
                "\"min_us\":%.2f,\"mean_us\":%.2f,\"p50_us\":%.2f,\"p90_us\":%.2f,"
                "\"p99_us\":%.2f,\"p99_9_us\":%.2f,\"max_us\":%.2f}\n",
-               o->connect, o->size, o->conns, o->seconds, o->warmup, elapsed, total, rate, min,
-               mean, p50, p90, p99, p999, max);
+               o->connect, o->size, o->conns, o->new_conn ? "true" : "false", o->seconds, o->warmup,
+               elapsed, total, rate, min, mean, p50, p90, p99, p999, max);
     } else {
-        printf("%s: %zu-byte messages, %d connection%s, %.3f s measured (after %g s warm-up)\n",
-               o->connect, o->size, o->conns, o->conns == 1 ? "" : "s", elapsed, o->warmup);
+        printf("%s: %zu-byte messages, %d %s%s, %.3f s measured (after %g s warm-up)\n",
+               o->connect, o->size, o->conns, o->new_conn ? "thread" : "connection",
+               o->conns == 1 ? "" : "s", elapsed, o->warmup);
+        if (o->new_conn)
+            printf("a new connection per round trip (connect, send, echo, close)\n");
         printf("round trips  %zu (%.1f/s)\n", total, rate);
         printf("latency µs   min %.1f  mean %.1f  p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  "
                "max %.1f\n",
@@ -491,7 +532,8 @@ static int run_client(const client_opts_t *o)
     rc = 0;
 Exit:
     for (int i = 0; conns && i < opened; i++) {
-        close(conns[i].fd);
+        if (conns[i].fd >= 0)
+            close(conns[i].fd);
         free(conns[i].samples);
     }
     free(all);
@@ -540,6 +582,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--json") == 0 && !server) {
             o.json = true;
+            continue;
+        }
+        if (strcmp(a, "--new-conn") == 0 && !server) {
+            o.new_conn = true;
             continue;
         }
         bool known = server ? strcmp(a, "--listen") == 0

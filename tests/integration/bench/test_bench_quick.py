@@ -14,7 +14,7 @@ import tempfile
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 BUILD = sys.argv[1]
-SUITES = ["relay", "h2", "grpc"]
+SUITES = ["relay", "h2", "grpc", "tunnel"]
 # Counters of things that went wrong: present, and zero or more.
 MAY_BE_ZERO = ("fail", "error", "timeout", "retransmit", "status_3", "status_4", "status_5", "not_run")
 
