@@ -21,6 +21,7 @@
 #include "controlplane/grpc/server.h"
 #include "controlplane/services/api.h"
 #include "controlplane/store/store.h"
+#include "dataplane/hub/registry.h"
 #include "dataplane/hub/relay.h"
 #include "dataplane/runtime/acceptor.h"
 #include "dataplane/runtime/log.h"
@@ -41,6 +42,7 @@ typedef struct {
     ztm_outbox_t *ob;
     ztm_grpc_server_t *srv;
     ztm_hub_relay_t *relay;
+    bool done; /* counted in data_done */
 } dw_t;
 
 /* The control-plane worker (0): the store, the CA and the API are its
@@ -49,6 +51,7 @@ typedef struct {
     ztm_worker_t *w;
     ztm_outbox_t *ob;
     ztm_grpc_exec_t *exec;
+    ztm_hub_registry_t *registry; /* the hub: where each endpoint's Events stream is */
     ztm_store_sub_t *sub;
     ztm_revset_t *revoked; /* as last published to the data workers */
     bool store_changed;    /* since the last look at the revocations */
@@ -69,14 +72,7 @@ struct ctl {
     char pin[ZTM_PIN_HEX_LEN + 1];
     dw_t *dw; /* [1..n_data]: by worker id */
     cw_t cw;
-    /* the one-worker hub (until its relay runs on data workers) */
-    ztm_tls_ctx_t *tls;
-    int listen_fd;
-    ztm_worker_t *w;
-    ztm_grpc_server_t *srv;
-    ztm_hub_relay_t *relay;
-    ztm_acceptor_t acceptor;
-    ztm_timer_t poll;
+    _Atomic unsigned data_done; /* data workers with nothing left to do (draining) */
 };
 
 /* Messages of serve.c itself. */
@@ -95,7 +91,7 @@ static void discard(void *arg, const ztm_msg_t *m)
 {
     if (m->type == SERVE_MSG_REVOKED)
         ztm_revset_put(m->ptr);
-    else if (!ztm_grpc_fwd_discard(m))
+    else if (!ztm_grpc_fwd_discard(m) && !ztm_hub_discard(m))
         ztm_log(ZTM_LOG_ERROR, "serve.discard", "type=%u msg=\"unknown message\"", m->type);
 }
 
@@ -148,6 +144,29 @@ static void publish_revoked(ctl_t *c)
     }
 }
 
+/* The relay's endpoints came and went: presence (soft state: ours until
+ * this process ends) and a watch event each, in one store group. */
+static uint64_t on_presence(void *arg, const ztm_hub_presence_t *ch, size_t n)
+{
+    ctl_t *c = arg;
+    int g = ztm_store_group_begin(c->store);
+    for (size_t i = 0; i < n; i++) {
+        int r = ch[i].present ? ztm_store_soft_set(c->store, ZTM_SOFT_PRESENCE, ch[i].endpoint_id,
+                                                   c->self.id, strlen(c->self.id), 0)
+                              : ztm_store_soft_del(c->store, ZTM_SOFT_PRESENCE, ch[i].endpoint_id);
+        if (r == 0)
+            r = ztm_api_publish_endpoint(c->api, ch[i].endpoint_id);
+        if (r < 0)
+            ztm_log(ZTM_LOG_WARN, "hub.presence", "endpoint=%s present=%d error=\"%s\"",
+                    ch[i].endpoint_name, ch[i].present,
+                    r < -4095 ? ztm_store_strerror(r) : strerror(-r));
+    }
+    if (g == 0 && (g = ztm_store_group_end(c->store)) < 0)
+        ztm_log(ZTM_LOG_ERROR, "hub.presence", "changes=%zu error=\"%s\"", n,
+                g < -4095 ? ztm_store_strerror(g) : strerror(-g));
+    return ztm_store_version(c->store);
+}
+
 static int control_start(ctl_t *c, ztm_worker_t *w)
 {
     cw_t *cw = &c->cw;
@@ -158,6 +177,10 @@ static int control_start(ctl_t *c, ztm_worker_t *w)
         r = ztm_grpc_exec_new(w, c->api, c->store, cw->ob, &cw->exec);
     if (r == 0)
         r = ztm_store_subscribe(c->store, on_store_notify, c, &cw->sub);
+    if (r == 0 && c->k->relay) {
+        ztm_hub_registry_config_t gc = {.ob = cw->ob, .on_presence = on_presence, .arg = c};
+        r = ztm_hub_registry_new(w, &gc, &cw->registry);
+    }
     if (r < 0)
         return r;
     ztm_timer_init(&cw->poll, on_poll);
@@ -168,6 +191,8 @@ static int control_start(ctl_t *c, ztm_worker_t *w)
 static void control_tick(ctl_t *c)
 {
     cw_t *cw = &c->cw;
+    if (cw->registry)
+        ztm_hub_registry_run(cw->registry);
     ztm_grpc_exec_run(cw->exec);
     publish_revoked(c);
     ztm_outbox_flush(cw->ob);
@@ -175,7 +200,8 @@ static void control_tick(ctl_t *c)
 
 static void control_message(ctl_t *c, const ztm_msg_t *m)
 {
-    if (!ztm_grpc_exec_message(c->cw.exec, m)) {
+    if (!ztm_grpc_exec_message(c->cw.exec, m) &&
+        !(c->cw.registry && ztm_hub_registry_message(c->cw.registry, m))) {
         ztm_log(ZTM_LOG_ERROR, "serve.message", "type=%u msg=\"unexpected on the control worker\"",
                 m->type);
         discard(c, m);
@@ -189,6 +215,7 @@ static void control_finish(ctl_t *c)
     if (cw->sub)
         ztm_store_unsubscribe(c->store, cw->sub);
     ztm_grpc_exec_free(cw->exec);
+    ztm_hub_registry_free(cw->registry);
     ztm_outbox_free(cw->ob);
     ztm_revset_put(cw->revoked);
     *cw = (cw_t){0};
@@ -218,6 +245,12 @@ static int data_start(dw_t *d, ztm_worker_t *w)
     int r = ztm_outbox_new(w, discard, c, &d->ob);
     if (r == 0)
         r = ztm_grpc_server_new_forward(w, d->ob, CONTROL, NULL, &d->srv);
+    if (r == 0 && c->k->relay) {
+        ztm_hub_relay_config_t rc = {.hub_name = c->self.name, .mesh = ztm_ca_mesh(c->ca),
+                                     .accept_timeout_ns = c->accept_timeout_ns, .ob = d->ob,
+                                     .registry = CONTROL};
+        r = ztm_hub_relay_new(w, d->srv, &rc, &d->relay);
+    }
     if (r < 0)
         return r;
     ztm_grpc_server_set_revoked(d->srv, ztm_revset_get(c->revoked));
@@ -232,23 +265,49 @@ static void data_message(dw_t *d, const ztm_msg_t *m)
         ztm_grpc_server_set_revoked(d->srv, m->ptr);
         return;
     }
-    if (!ztm_grpc_server_message(d->srv, m)) {
+    if (!ztm_grpc_server_message(d->srv, m) && !(d->relay && ztm_hub_relay_message(d->relay, m))) {
         ztm_log(ZTM_LOG_ERROR, "serve.message", "type=%u msg=\"unexpected on a data worker\"",
                 m->type);
         discard(d->c, m);
     }
 }
 
+/* A data worker ends with the others: once every one of them has nothing
+ * left, no message that needs an answer can be on its way (an accept for
+ * a session here comes only over a live connection, and a worker without
+ * connections takes no new ones while draining). */
+static void data_set_done(dw_t *d)
+{
+    if (d->done)
+        return;
+    d->done = true;
+    ctl_t *c = d->c;
+    if (atomic_fetch_add(&c->data_done, 1) + 1 == c->n_data) {
+        ztm_engine_t *e = ztm_worker_engine(d->w);
+        for (unsigned i = 1; i <= c->n_data; i++)
+            ztm_engine_wake(e, i); /* they may all end now */
+    }
+}
+
 static bool data_idle(dw_t *d)
 {
-    return !d->srv || (ztm_grpc_server_conns(d->srv) == 0 && ztm_acceptor_closed(&d->acceptor) &&
-                       ztm_outbox_waiting(d->ob) == 0);
+    bool idle = !d->srv || (ztm_grpc_server_conns(d->srv) == 0 &&
+                            ztm_acceptor_closed(&d->acceptor) &&
+                            (!d->relay || ztm_hub_relay_idle(d->relay)));
+    if (!idle)
+        return false;
+    data_set_done(d);
+    return ztm_outbox_waiting(d->ob) == 0 && atomic_load(&d->c->data_done) == d->c->n_data;
 }
 
 static void data_finish(dw_t *d)
 {
+    if (d->w)
+        data_set_done(d); /* a worker that failed to start holds nobody up */
     if (d->acceptor.fd >= 0 && d->acceptor.w)
         close(d->acceptor.fd);
+    ztm_hub_relay_free(d->relay);
+    d->relay = NULL;
     ztm_grpc_server_free(d->srv);
     d->srv = NULL;
     ztm_outbox_free(d->ob);
@@ -272,6 +331,8 @@ static void svc_tick(ztm_worker_t *w, void *arg)
         return;
     }
     dw_t *d = &c->dw[id];
+    if (d->relay)
+        ztm_hub_relay_run(d->relay);
     ztm_outbox_flush(d->ob);
 }
 
@@ -295,6 +356,8 @@ static void svc_drain(ztm_worker_t *w, void *arg)
     }
     dw_t *d = &c->dw[id];
     ztm_acceptor_stop(&d->acceptor);
+    if (d->relay)
+        ztm_hub_relay_drain(d->relay);
     if (d->srv)
         ztm_grpc_server_drain(d->srv);
 }
@@ -358,127 +421,6 @@ static const ztm_service_t serve_service = {
     .message = svc_message,
     .draining = svc_draining,
     .discard = svc_discard,
-};
-
-/* ---- the one-worker hub (its relay is not split across workers yet) ---- */
-static void hub1_on_poll(ztm_timer_t *t)
-{
-    ctl_t *c = (ctl_t *)((char *)t - offsetof(ctl_t, poll));
-    (void)ztm_store_poll(c->store);
-    ztm_timer_arm(ztm_worker_timers(c->w), &c->poll, ztm_worker_now(c->w) + ZTM_NS_PER_SEC);
-}
-
-static const char *hub1_verify_peer(void *arg, ztm_tls_conn_t *conn, X509 *peer)
-{
-    ctl_t *c = arg;
-    return c->srv ? ztm_grpc_server_verify(c->srv, conn, peer) : "starting";
-}
-
-static void hub1_on_accept(ztm_acceptor_t *a, int fd)
-{
-    ctl_t *c = a->user;
-    int r = ztm_grpc_server_accept(c->srv, fd, c->tls);
-    if (r < 0)
-        ztm_log(ZTM_LOG_WARN, "serve.accept", "error=\"%s\"", strerror(-r));
-}
-
-/* The relay's endpoints came and went: presence (soft state: ours until
- * this process ends) and a watch event each, in one store group. */
-static uint64_t on_presence(void *arg, const ztm_hub_presence_t *ch, size_t n)
-{
-    ctl_t *c = arg;
-    int g = ztm_store_group_begin(c->store);
-    for (size_t i = 0; i < n; i++) {
-        int r = ch[i].present ? ztm_store_soft_set(c->store, ZTM_SOFT_PRESENCE, ch[i].endpoint_id,
-                                                   c->self.id, strlen(c->self.id), 0)
-                              : ztm_store_soft_del(c->store, ZTM_SOFT_PRESENCE, ch[i].endpoint_id);
-        if (r == 0)
-            r = ztm_api_publish_endpoint(c->api, ch[i].endpoint_id);
-        if (r < 0)
-            ztm_log(ZTM_LOG_WARN, "hub.presence", "endpoint=%s present=%d error=\"%s\"",
-                    ch[i].endpoint_name, ch[i].present,
-                    r < -4095 ? ztm_store_strerror(r) : strerror(-r));
-    }
-    if (g == 0 && (g = ztm_store_group_end(c->store)) < 0)
-        ztm_log(ZTM_LOG_ERROR, "hub.presence", "changes=%zu error=\"%s\"", n,
-                g < -4095 ? ztm_store_strerror(g) : strerror(-g));
-    return ztm_store_version(c->store);
-}
-
-static int hub1_start(ztm_worker_t *w, void *arg)
-{
-    ctl_t *c = arg;
-    c->w = w;
-    int r = ztm_grpc_server_new(w, c->api, c->store, NULL, &c->srv);
-    if (r < 0)
-        return r;
-    ztm_hub_relay_config_t rc = {.hub_name = c->self.name, .mesh = ztm_ca_mesh(c->ca),
-                                 .accept_timeout_ns = c->accept_timeout_ns,
-                                 .on_presence = on_presence, .arg = c};
-    if ((r = ztm_hub_relay_new(w, c->srv, &rc, &c->relay)) < 0) {
-        ztm_grpc_server_free(c->srv);
-        c->srv = NULL;
-        return r;
-    }
-    ztm_timer_init(&c->poll, hub1_on_poll);
-    ztm_timer_arm(ztm_worker_timers(w), &c->poll, ztm_worker_now(w) + ZTM_NS_PER_SEC);
-    ztm_acceptor_start(&c->acceptor, w, c->listen_fd, hub1_on_accept, c);
-    c->listen_fd = -1;
-    return 0;
-}
-
-static void hub1_tick(ztm_worker_t *w, void *arg)
-{
-    ctl_t *c = arg;
-    if (c->srv)
-        ztm_grpc_server_run(c->srv);
-    if (c->relay)
-        ztm_hub_relay_run(c->relay);
-}
-
-static void hub1_drain(ztm_worker_t *w, void *arg)
-{
-    ctl_t *c = arg;
-    ztm_acceptor_stop(&c->acceptor);
-    ztm_timer_cancel(ztm_worker_timers(w), &c->poll);
-    if (c->relay)
-        ztm_hub_relay_drain(c->relay);
-    ztm_grpc_server_drain(c->srv);
-}
-
-static void hub1_stop(ztm_worker_t *w, void *arg)
-{
-    ctl_t *c = arg;
-    ztm_grpc_server_stop(c->srv);
-}
-
-static bool hub1_idle(ztm_worker_t *w, void *arg)
-{
-    ctl_t *c = arg;
-    return !c->srv || (ztm_grpc_server_conns(c->srv) == 0 && ztm_acceptor_closed(&c->acceptor));
-}
-
-static void hub1_finish(ztm_worker_t *w, void *arg)
-{
-    ctl_t *c = arg;
-    ztm_timer_cancel(ztm_worker_timers(w), &c->poll);
-    if (c->acceptor.fd >= 0)
-        close(c->acceptor.fd);
-    ztm_hub_relay_free(c->relay);
-    c->relay = NULL;
-    ztm_grpc_server_free(c->srv);
-    c->srv = NULL;
-}
-
-static const ztm_service_t hub1_service = {
-    .name = "hub1",
-    .start = hub1_start,
-    .tick = hub1_tick,
-    .drain = hub1_drain,
-    .stop = hub1_stop,
-    .idle = hub1_idle,
-    .finish = hub1_finish,
-    .draining = svc_draining,
 };
 
 static bool file_exists(const char *path)
@@ -671,10 +613,8 @@ int ztm_serve_main(const ztm_serve_kind_t *k, int argc, char **argv)
                                                  : "--name '%s': expected a host name or an IPv4 address",
                                    name_s);
 
-    ctl_t c = {.k = k, .listen_fd = -1, .accept_timeout_ns = accept_ns};
-    /* The hub's relay runs on one worker for now: that worker is both planes. */
-    bool split = !k->relay;
-    c.n_data = split ? (workers ? (unsigned)workers : ztm_engine_cpus()) : 1;
+    ctl_t c = {.k = k, .accept_timeout_ns = accept_ns};
+    c.n_data = workers ? (unsigned)workers : ztm_engine_cpus();
     if (c.n_data > MAX_DATA_WORKERS)
         c.n_data = MAX_DATA_WORKERS;
     int *fds = NULL;
@@ -717,10 +657,6 @@ int ztm_serve_main(const ztm_serve_kind_t *k, int argc, char **argv)
     }
     for (unsigned i = 0; i < c.n_data; i++)
         c.dw[i + 1].listen_fd = fds[i];
-    if (!split) {
-        c.listen_fd = c.dw[1].listen_fd;
-        c.dw[1].listen_fd = -1;
-    }
     ztm_addr_format((struct sockaddr *)&bound.ss, c.addr, sizeof(c.addr));
     if (name_port)
         snprintf(c.advertise, sizeof(c.advertise), "%s:%lu", name, name_port);
@@ -755,10 +691,10 @@ int ztm_serve_main(const ztm_serve_kind_t *k, int argc, char **argv)
                            .ca_file = ca, .client_cert_optional = true};
     /* A TLS context per data worker: its verify hook reads that worker's
      * revocations, nobody else's. */
-    for (unsigned i = split ? 1 : 0; i <= (split ? c.n_data : 0); i++) {
-        tc.on_verify = split ? verify_peer : hub1_verify_peer;
-        tc.on_verify_arg = split ? (void *)&c.dw[i] : (void *)&c;
-        if ((r = ztm_tls_ctx_new(split ? &c.dw[i].tls : &c.tls, &tc)) < 0) {
+    for (unsigned i = 1; i <= c.n_data; i++) {
+        tc.on_verify = verify_peer;
+        tc.on_verify_arg = &c.dw[i];
+        if ((r = ztm_tls_ctx_new(&c.dw[i].tls, &tc)) < 0) {
             fprintf(stderr, "ztm %s: error: TLS set-up: %s\n", cmd, ztm_tls_strerror(r));
             goto out;
         }
@@ -768,9 +704,9 @@ int ztm_serve_main(const ztm_serve_kind_t *k, int argc, char **argv)
                 r < -4095 ? ztm_store_strerror(r) : strerror(-r));
         goto out;
     }
-    ztm_engine_config_t ec = {.workers = split ? c.n_data + 1 : 1, .pin = false,
-                              .drain_timeout_ns = drain_ns, .buf_count = 64, .buf_size = 16384};
-    r = ztm_engine_run(&ec, split ? &serve_service : &hub1_service, &c, on_ready);
+    ztm_engine_config_t ec = {.workers = c.n_data + 1, .pin = false, .drain_timeout_ns = drain_ns,
+                              .buf_count = 64, .buf_size = 16384};
+    r = ztm_engine_run(&ec, &serve_service, &c, on_ready);
     ret = r < 0 ? ZTM_EXIT_FAIL : ZTM_EXIT_OK;
     if (r < 0)
         fprintf(stderr, "ztm %s: error: %s\n", cmd, strerror(-r));
@@ -778,8 +714,6 @@ int ztm_serve_main(const ztm_serve_kind_t *k, int argc, char **argv)
     snprintf(ev, sizeof(ev), "%s.stop", cmd);
     ztm_log(ZTM_LOG_INFO, ev, "status=%s", r < 0 ? "error" : "ok");
 out:
-    if (c.listen_fd >= 0)
-        close(c.listen_fd);
     if (c.dw) {
         for (unsigned i = 1; i <= c.n_data; i++) {
             if (c.dw[i].listen_fd >= 0)
@@ -790,7 +724,6 @@ out:
     }
     free(fds);
     ztm_revset_put(c.revoked);
-    ztm_tls_ctx_free(c.tls);
     ztm_api_free(c.api);
     ztm_ca_free(c.ca);
     ztm_store_close(c.store);
