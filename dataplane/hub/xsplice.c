@@ -164,7 +164,6 @@ static void half_release(ztm_xs_half_t *h)
 
 static void half_put(ztm_xs_half_t *h)
 {
-    ztm_log(ZTM_LOG_DEBUG, "xs.put", "h=%p dir=%d refs=%u", (void *)h, h->dir, h->refs);
     if (--h->refs == 0)
         half_release(h);
 }
@@ -291,7 +290,6 @@ size_t ztm_xs_half_held(const ztm_xs_half_t *h)
 
 void ztm_xs_half_close(ztm_xs_half_t *h, uint32_t code)
 {
-    ztm_log(ZTM_LOG_DEBUG, "xs.close", "h=%p dir=%d refs=%u code=%u bound=%d", (void *)h, h->dir, h->refs, code, h->bound);
     /* What it sent and is still here: credit now (the connection window
      * needs it back); in a clean end the other side still gets it. */
     if (h->held && h->side)
@@ -316,7 +314,6 @@ void ztm_xs_half_close(ztm_xs_half_t *h, uint32_t code)
 /* ---- messages ---------------------------------------------------------------- */
 static void on_peer_closed(ztm_xs_half_t *h, closed_t *c)
 {
-    ztm_log(ZTM_LOG_DEBUG, "xs.peer_closed", "h=%p dir=%d refs=%u", (void *)h, h->dir, h->refs);
     ztm_xs_t *x = h->x;
     h->peer_closed = true;
     h->peer_end = *c;
