@@ -1,8 +1,8 @@
-/* What `ztm controller` and `ztm hub` share: one worker thread owns the
- * store and serves the gRPC API over mutual TLS with a certificate (role
- * hub) from the mesh CA; the hub adds the relay's routes (dataplane/hub)
- * on the same connections, and keeps the presence of the endpoints whose
- * Events streams it holds. See serve.h. */
+/* What `ztm controller` and `ztm hub` share; see serve.h. Worker 0 is the
+ * control plane, workers 1..N the data plane; the service's callbacks
+ * dispatch on the worker's id. Data workers end together (the last to have
+ * nothing left wakes the others), and the control worker ends last, since
+ * until then it may owe a data worker an answer. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
