@@ -4,7 +4,7 @@
 #include "controlplane/cli/serve.h"
 
 static const char usage[] =
-    "Usage: ztm controller --state DIR [--listen ADDR] [--name HOST] [--mesh ID]\n"
+    "Usage: ztm controller --state DIR [--listen ADDR] [--name HOST] [--mesh ID] [--workers N]\n"
     "\n"
     "Runs the control plane alone: the mesh CA, invites and joins, the\n"
     "endpoint and service registry and the watch stream, as a gRPC API over\n"
@@ -18,6 +18,8 @@ static const char usage[] =
     "  --name HOST        name (or address) clients use to reach us; our certificate\n"
     "                     is valid for it and for localhost/127.0.0.1 (default localhost)\n"
     "  --mesh ID          the mesh's ID when the CA is made (default: mesh)\n"
+    "  --workers N        worker threads serving connections (default: CPUs\n"
+    "                     available); the store's own thread runs the calls\n"
     "  --drain-timeout SECS  --log-level LEVEL  --log-format FORMAT\n";
 
 static const ztm_serve_kind_t controller = {

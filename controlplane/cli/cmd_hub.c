@@ -5,7 +5,7 @@
 #include "controlplane/cli/serve.h"
 
 static const char usage[] =
-    "Usage: ztm hub --state DIR [--listen ADDR] [--name HOST[:PORT]] [--mesh ID]\n"
+    "Usage: ztm hub --state DIR [--listen ADDR] [--name HOST[:PORT]] [--mesh ID] [--workers N]\n"
     "\n"
     "Runs a hub: the mesh's control plane (CA, invites and joins, registry,\n"
     "watch stream) and the relay that agents dial out to and meet each other\n"
@@ -25,6 +25,9 @@ static const char usage[] =
     "  --mesh ID            the mesh's ID when the CA is made (default: mesh)\n"
     "  --accept-timeout SECS  how long an opened session waits for the peer's\n"
     "                       accept before 504 (default 10)\n"
+    "  --workers N          data-plane worker threads, each with its own listener\n"
+    "                       (default: CPUs available); the control plane runs on\n"
+    "                       one more\n"
     "  --drain-timeout SECS  --log-level LEVEL  --log-format FORMAT\n";
 
 static const ztm_serve_kind_t hub = {

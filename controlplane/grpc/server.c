@@ -17,7 +17,9 @@
 #include <unistd.h>
 
 #include "controlplane/ca/identity.h"
+#include "controlplane/grpc/forward.h"
 #include "controlplane/grpc/frame.h"
+#include "controlplane/services/revset.h"
 #include "dataplane/h2/h2.h"
 #include "dataplane/h2/h2link.h"
 #include "dataplane/link/link.h"
@@ -27,11 +29,14 @@ typedef struct ztm_grpc_conn gconn_t;
 typedef struct gcall gcall_t;
 
 #define MAX_ROUTES 4
+#define WATCH_ROOM (64u << 10) /* a forwarded Watch asks for this much at a time */
 
 struct ztm_grpc_server {
     ztm_worker_t *w;
-    ztm_api_t *api;              /* NULL: a local server (local_fn answers) */
-    ztm_grpc_local_fn local_fn;
+    ztm_api_t *api;              /* the store's thread runs the calls here */
+    ztm_grpc_fwd_t *fwd;         /* ... or they are forwarded to it */
+    ztm_revset_t *revoked;       /* forwarding: the revocations we know of */
+    ztm_grpc_local_fn local_fn;  /* ... or local_fn answers (no store) */
     void *local_arg;
     ztm_grpc_route_t routes[MAX_ROUTES];
     size_t n_routes;
@@ -75,6 +80,7 @@ struct gcall {
     uint8_t *out; /* one framed response message */
     size_t out_len, out_off;
     ztm_api_watch_t *watch;
+    ztm_grpc_fcall_t *fc; /* forwarded, not over yet */
     char *local_path; /* local servers: the method's path */
     gcall_t *wprev, *wnext;
     gcall_t *rprev, *rnext;
@@ -185,6 +191,8 @@ static void ready_unlink(gcall_t *call)
 static void send_reply(gcall_t *call, ztm_api_reply_t *reply)
 {
     gconn_t *c = call->c;
+    if (call->answered)
+        return; /* its deadline came first */
     if (reply->status != ZTM_GRPC_OK || !frame_message(call, reply->body, reply->len)) {
         answer_status(call, reply->status != ZTM_GRPC_OK ? reply->status : ZTM_GRPC_RESOURCE_EXHAUSTED,
                       reply->status != ZTM_GRPC_OK ? reply->message : "out of memory");
@@ -199,12 +207,53 @@ static void send_reply(gcall_t *call, ztm_api_reply_t *reply)
     call->finished = true; /* the one message is all */
 }
 
+static void fc_release(gcall_t *call)
+{
+    if (call->fc) {
+        ztm_grpc_fwd_release(call->fc);
+        call->fc = NULL;
+    }
+}
+
+static void watch_link(gcall_t *call)
+{
+    ztm_grpc_server_t *s = call->c->srv;
+    call->wnext = s->watches;
+    if (s->watches)
+        s->watches->wprev = call;
+    s->watches = call;
+}
+
+/* Ends a Watch from this side (drain, revocation): trailers after what is
+ * under way, or a trailers-only answer when its head has not gone yet. */
+static void watch_end(gcall_t *call, ztm_grpc_status_t st, const char *message)
+{
+    watch_unlink(call);
+    fc_release(call);
+    if (!call->answered)
+        answer_status(call, st, message);
+    else if (!call->finished)
+        finish_with(call, st, message);
+}
+
 static void run_call(gcall_t *call)
 {
     gconn_t *c = call->c;
     ztm_grpc_server_t *s = c->srv;
     const ztm_identity_t *caller = c->has_identity ? &c->identity : NULL;
     ztm_api_reply_t reply = {0};
+    if (s->fwd) {
+        /* The wire work stays here; the store's thread runs the call. */
+        call->fc = ztm_grpc_fwd_call(s->fwd, call->m, caller, call->req, call->req_len, call);
+        call->req = NULL;
+        if (!call->fc) {
+            answer_status(call, ZTM_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+            return;
+        }
+        if (ztm_api_streaming(call->m))
+            watch_link(call);
+        return;
+    }
     if (!call->m || !ztm_api_streaming(call->m)) {
         /* Run with the other calls of this loop turn: one durable write. */
         call->queued = true;
@@ -225,10 +274,7 @@ static void run_call(gcall_t *call)
     ztm_api_reply_clear(&reply);
     call->answered = true;
     ztm_h2_respond(c->h2, call->id, 200, &CT, 1, ZTM_H2_BODY | ZTM_H2_TRAILERS);
-    call->wnext = s->watches;
-    if (s->watches)
-        s->watches->wprev = call;
-    s->watches = call;
+    watch_link(call);
 }
 
 /* ---- deadlines -------------------------------------------------------- */
@@ -236,7 +282,9 @@ static void on_deadline(ztm_timer_t *t)
 {
     gcall_t *call = (gcall_t *)((char *)t - offsetof(gcall_t, deadline));
     gconn_t *c = call->c;
+    fc_release(call); /* not run yet: it will not be; run: its answer is dropped */
     if (!call->answered) {
+        watch_unlink(call);
         /* The answer ends our side of the stream; what the client may still
          * send is consumed and dropped (an RST now would discard the
          * queued answer before it leaves). */
@@ -303,7 +351,7 @@ static void on_request(ztm_h2_session_t *h, void *user, int32_t id, void *sdata,
         return;
     }
     const char *path = rpath;
-    if (!s->api) {
+    if (s->local_fn) {
         call->local_path = strdup(path);
         if (!call->local_path) {
             answer_status(call, ZTM_GRPC_RESOURCE_EXHAUSTED, "out of memory");
@@ -414,6 +462,10 @@ static ssize_t read_body(ztm_h2_session_t *h, void *user, int32_t id, void *sdat
             *eof = call->finished && call->out_off == call->out_len;
             return (ssize_t)n;
         }
+        if (call->fc) {
+            ztm_grpc_fwd_more(call->fc, WATCH_ROOM);
+            return 0; /* parked until the control plane answers */
+        }
         if (call->finished || !call->watch) {
             *eof = true;
             return 0;
@@ -459,6 +511,7 @@ static void on_stream_close(ztm_h2_session_t *h, void *user, int32_t id, void *s
     ztm_timer_cancel(ztm_worker_timers(s->w), &call->deadline);
     watch_unlink(call);
     ready_unlink(call);
+    fc_release(call);
     if (call->watch)
         ztm_api_watch_close(call->watch);
     if (call->dec_ready)
@@ -574,10 +627,8 @@ static void cut_revoked(ztm_grpc_server_t *s)
         }
         for (gcall_t *call = s->watches, *wn; call; call = wn) {
             wn = call->wnext;
-            if (call->c == c && !call->finished) {
-                watch_unlink(call);
-                finish_with(call, ZTM_GRPC_UNAUTHENTICATED, "certificate revoked");
-            }
+            if (call->c == c && !call->finished)
+                watch_end(call, ZTM_GRPC_UNAUTHENTICATED, "certificate revoked");
         }
         for (size_t i = 0; i < s->n_routes; i++)
             if (s->routes[i].on_conn_revoked)
@@ -648,6 +699,8 @@ void ztm_grpc_server_free(ztm_grpc_server_t *s)
     ztm_timer_cancel(ztm_worker_timers(s->w), &s->tick);
     if (s->store)
         ztm_store_unsubscribe(s->store, s->sub);
+    ztm_grpc_fwd_free(s->fwd);
+    ztm_revset_put(s->revoked);
     free(s);
 }
 
@@ -685,9 +738,11 @@ void ztm_grpc_server_drain(ztm_grpc_server_t *s)
         if (c->h2) {
             ztm_h2_shutdown(c->h2);
             /* Watch streams never end by themselves: end them now. */
-            for (gcall_t *call = s->watches; call; call = call->wnext)
+            for (gcall_t *call = s->watches, *wn; call; call = wn) {
+                wn = call->wnext;
                 if (call->c == c && !call->finished)
-                    finish_with(call, ZTM_GRPC_UNAVAILABLE, "server shutting down");
+                    watch_end(call, ZTM_GRPC_UNAVAILABLE, "server shutting down");
+            }
             after_h2(c, 0);
         } else {
             ztm_link_close(c->link, "drain");
@@ -755,9 +810,82 @@ const char *ztm_grpc_server_verify(void *arg, ztm_tls_conn_t *conn, X509 *peer)
     ztm_identity_t id;
     if (ztm_identity_from_cert(peer, &id) < 0)
         return "not_an_identity";
-    if (ztm_api_identity_revoked(s->api, &id))
+    if (s->fwd ? ztm_revset_has(s->revoked, id.serial) : ztm_api_identity_revoked(s->api, &id))
         return "revoked";
     return NULL;
+}
+
+/* ---- forwarding ------------------------------------------------------- */
+static void on_fwd_reply(void *arg, void *p, ztm_api_reply_t *reply)
+{
+    gcall_t *call = p;
+    call->fc = NULL; /* the answer is the end of it */
+    watch_unlink(call);
+    if (ztm_api_streaming(call->m) && !call->answered) {
+        answer_status(call, reply->status, reply->message); /* a Watch refused */
+    } else {
+        send_reply(call, reply);
+    }
+    conn_kick(call->c);
+}
+
+static void on_fwd_watch(void *arg, void *p, bool opened, uint8_t *data, size_t len,
+                         ztm_api_reply_t *end)
+{
+    gcall_t *call = p;
+    gconn_t *c = call->c;
+    if (opened && !call->answered) {
+        call->answered = true;
+        ztm_h2_respond(c->h2, call->id, 200, &CT, 1, ZTM_H2_BODY | ZTM_H2_TRAILERS);
+    }
+    if (data) {
+        free(call->out); /* drained already: we asked for more only then */
+        call->out = data;
+        call->out_len = len;
+        call->out_off = 0;
+    }
+    if (end) {
+        call->fc = NULL;
+        watch_unlink(call);
+        if (!call->finished)
+            finish_with(call, end->status, end->message);
+    }
+    ztm_h2_resume(c->h2, call->id);
+    conn_kick(c);
+}
+
+int ztm_grpc_server_new_forward(ztm_worker_t *w, ztm_outbox_t *ob, unsigned control,
+                                const ztm_grpc_server_config_t *cfg, ztm_grpc_server_t **out)
+{
+    ztm_grpc_server_t *s;
+    int r = ztm_grpc_server_new(w, NULL, NULL, cfg, &s);
+    if (r < 0)
+        return r;
+    ztm_grpc_fwd_sink_t sink = {.on_reply = on_fwd_reply, .on_watch = on_fwd_watch, .arg = s};
+    if ((r = ztm_grpc_fwd_new(w, ob, control, &sink, &s->fwd)) < 0) {
+        ztm_grpc_server_free(s);
+        return r;
+    }
+    *out = s;
+    return 0;
+}
+
+bool ztm_grpc_server_message(ztm_grpc_server_t *s, const ztm_msg_t *m)
+{
+    return s->fwd && ztm_grpc_fwd_message(s->fwd, m);
+}
+
+void ztm_grpc_server_set_revoked(ztm_grpc_server_t *s, ztm_revset_t *revoked)
+{
+    ztm_revset_put(s->revoked);
+    s->revoked = revoked;
+    for (gconn_t *c = s->conns; c; c = c->next) {
+        if (c->has_identity && !c->revoked && ztm_revset_has(revoked, c->identity.serial)) {
+            c->revoked = true;
+            s->cut_pending = true;
+        }
+    }
+    cut_revoked(s);
 }
 
 int ztm_grpc_server_new_local(ztm_worker_t *w, ztm_grpc_local_fn fn, void *arg,

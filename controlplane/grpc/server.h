@@ -14,9 +14,11 @@
 #define ZTM_CONTROLPLANE_GRPC_SERVER_H
 
 #include "controlplane/services/api.h"
+#include "controlplane/services/revset.h"
 #include "controlplane/store/store.h"
 #include "dataplane/h2/h2.h"
 #include "dataplane/link/link.h"
+#include "dataplane/runtime/outbox.h"
 #include "dataplane/runtime/worker.h"
 #include "dataplane/tls/tls.h"
 
@@ -31,6 +33,20 @@ typedef struct {
  * may be NULL. Returns 0, -ENOMEM, or the store's error. */
 int ztm_grpc_server_new(ztm_worker_t *w, ztm_api_t *api, ztm_store_t *store,
                         const ztm_grpc_server_config_t *cfg, ztm_grpc_server_t **out);
+/* A server on data-plane worker W whose calls run on the control-plane
+ * worker CONTROL (controlplane/grpc/forward.h), posted through OB; the
+ * worker hands the answers in with ztm_grpc_server_message(), and the
+ * revocations with ztm_grpc_server_set_revoked(). */
+int ztm_grpc_server_new_forward(ztm_worker_t *w, ztm_outbox_t *ob, unsigned control,
+                                const ztm_grpc_server_config_t *cfg, ztm_grpc_server_t **out);
+/* An answer from the control-plane worker: true if M was ours. */
+bool ztm_grpc_server_message(ztm_grpc_server_t *s, const ztm_msg_t *m);
+/* The revocations as of now (REVOKED's reference is taken over). The
+ * connections of identities it names are cut at once: their watches end
+ * with UNAUTHENTICATED, what is answered goes out, they close. The verify
+ * hook checks handshakes against it. */
+void ztm_grpc_server_set_revoked(ztm_grpc_server_t *s, ztm_revset_t *revoked);
+
 /* Frees S; call once ztm_grpc_server_conns() is 0 (after stop and drain). */
 void ztm_grpc_server_free(ztm_grpc_server_t *s);
 
@@ -51,7 +67,8 @@ unsigned ztm_grpc_server_conns(const ztm_grpc_server_t *s);
 
 /* A TLS verify hook (ztm_tls_config_t.on_verify, arg = the server) that
  * refuses, during the handshake, certificates that are not identities of
- * ours or are revoked. Runs on the worker that owns the store. */
+ * ours or are revoked (by the store, or by the last revocations given to a
+ * forwarding server). Runs on the server's worker. */
 const char *ztm_grpc_server_verify(void *arg, ztm_tls_conn_t *conn, X509 *peer);
 
 /* ---- local servers (an agent's API on its Unix socket) ----------------- */

@@ -1,16 +1,19 @@
-/* The hub's relay; see relay.h.
+/* The hub's relay, one per data-plane worker; see relay.h.
  *
- * Three kinds of stream data, each beginning with rstream_t (which begins
+ * Two kinds of stream data, each beginning with rstream_t (which begins
  * with the server's ztm_grpc_route_stream_t): an Events stream (events_t),
- * and the two sides of a session (side_t). A session (session_t) holds, per
- * direction, the bytes received from one side and not yet sent to the
- * other: a ring that grows on demand up to one stream window, never past
- * it, since those bytes are consumed (their credit returned) only when
- * the other side's read_body takes them.
+ * and a session's stream (side_t), whose bytes go through its splice half
+ * (xsplice.h) from the start: held until the session is joined, then sent
+ * to the other half.
  *
- * A session's life: WAITING (the opener's stream held, Incoming pushed to
- * the target, a timer running), then JOINED (both answered 200, spliced) or
- * ENDED (504, or the hub draining). It is freed when neither stream is left. */
+ * A session's life, on the opener's worker: an open makes a waiting
+ * session (session_t: a timer, the opener's stream) and asks the registry
+ * where the peer is; FOUND: Incoming is pushed on the peer's worker (or
+ * NOTFOUND: 404); the accept, on whatever worker it arrives, comes here by
+ * message (the session ID's low byte names this worker), and the two
+ * halves are bound to each other. The waiting session is gone then: the
+ * halves carry the rest. An open nobody accepts gets 504; one waiting when
+ * the hub drains, 503. */
 #include "dataplane/hub/relay.h"
 
 #include <errno.h>
@@ -25,139 +28,19 @@
 #include "controlplane/ca/identity.h"
 #include "controlplane/grpc/frame.h"
 #include "dataplane/h2/h2.h"
+#include "dataplane/hub/htab.h"
+#include "dataplane/hub/hubmsg.h"
+#include "dataplane/hub/xsplice.h"
 #include "dataplane/runtime/log.h"
 #include "ztm/v1/relay.pb-c.h"
 
 #define EVENTS_PATH       "/ztm.v1.Relay/Events"
 #define OPEN_PATH         "/ztm.relay/open"
 #define ACCEPT_PATH       "/ztm.relay/accept"
-#define EVQ_MAX           8           /* Incoming messages queued per Events stream */
-#define BUF_MIN           (16u << 10) /* a direction's first allocation */
-#define DEFAULT_WINDOW    (1u << 20)  /* dataplane/h2's default stream window */
+#define EVQ_MAX           8          /* Incoming messages queued per Events stream */
+#define DEFAULT_WINDOW    (1u << 20) /* dataplane/h2's default stream window */
 #define DEFAULT_ACCEPT_NS (10 * ZTM_NS_PER_SEC)
-#define TRIM_NS           ZTM_NS_PER_SEC /* an empty large buffer is freed after this */
-
-/* ---- a small intrusive hash table ---------------------------------------- */
-typedef struct hnode {
-    struct hnode *next;
-    uint64_t hash;
-} hnode_t;
-
-typedef struct {
-    hnode_t **b;
-    size_t nb, n;
-} htab_t;
-
-static int htab_insert(htab_t *t, hnode_t *n)
-{
-    if (t->n >= t->nb) {
-        size_t nb = t->nb ? t->nb * 2 : 64;
-        hnode_t **b = calloc(nb, sizeof(*b));
-        if (!b)
-            return -ENOMEM;
-        for (size_t i = 0; i < t->nb; i++) {
-            for (hnode_t *e = t->b[i], *next; e; e = next) {
-                next = e->next;
-                e->next = b[e->hash & (nb - 1)];
-                b[e->hash & (nb - 1)] = e;
-            }
-        }
-        free(t->b);
-        t->b = b;
-        t->nb = nb;
-    }
-    hnode_t **head = &t->b[n->hash & (t->nb - 1)];
-    n->next = *head;
-    *head = n;
-    t->n++;
-    return 0;
-}
-
-static void htab_remove(htab_t *t, hnode_t *n)
-{
-    if (!t->nb)
-        return;
-    for (hnode_t **p = &t->b[n->hash & (t->nb - 1)]; *p; p = &(*p)->next) {
-        if (*p == n) {
-            *p = n->next;
-            n->next = NULL;
-            t->n--;
-            return;
-        }
-    }
-}
-
-static hnode_t *htab_first(const htab_t *t, uint64_t hash)
-{
-    return t->nb ? t->b[hash & (t->nb - 1)] : NULL;
-}
-
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 1099511628211ull;
-    return h;
-}
-
-/* ---- a byte ring, bounded -------------------------------------------------- */
-typedef struct {
-    uint8_t *p;
-    size_t cap, head, len;
-} ring_t;
-
-/* Appends LEN bytes; grows up to MAX. -ENOBUFS past MAX, -ENOMEM. */
-static int ring_put(ring_t *r, const uint8_t *d, size_t len, size_t max)
-{
-    if (len == 0)
-        return 0;
-    if (r->len + len > max)
-        return -ENOBUFS;
-    if (r->len + len > r->cap) {
-        size_t cap = r->cap ? r->cap : BUF_MIN;
-        while (cap < r->len + len)
-            cap *= 2;
-        if (cap > max)
-            cap = max;
-        uint8_t *p = malloc(cap);
-        if (!p)
-            return -ENOMEM;
-        size_t first = r->cap - r->head < r->len ? r->cap - r->head : r->len;
-        if (r->len) {
-            memcpy(p, r->p + r->head, first);
-            memcpy(p + first, r->p, r->len - first);
-        }
-        free(r->p);
-        r->p = p;
-        r->cap = cap;
-        r->head = 0;
-    }
-    size_t tail = (r->head + r->len) % r->cap;
-    size_t first = r->cap - tail < len ? r->cap - tail : len;
-    memcpy(r->p + tail, d, first);
-    memcpy(r->p, d + first, len - first);
-    r->len += len;
-    return 0;
-}
-
-static size_t ring_get(ring_t *r, uint8_t *dst, size_t max)
-{
-    size_t n = r->len < max ? r->len : max;
-    if (n == 0)
-        return 0;
-    size_t first = r->cap - r->head < n ? r->cap - r->head : n;
-    memcpy(dst, r->p + r->head, first);
-    memcpy(dst + first, r->p, n - first);
-    r->head = r->len == n ? 0 : (r->head + n) % r->cap;
-    r->len -= n;
-    return n;
-}
-
-static void ring_free(ring_t *r)
-{
-    free(r->p);
-    *r = (ring_t){0};
-}
+#define SID_WORKER_MASK   0xffull /* a session ID's low byte: the opener's worker */
 
 /* ---- the relay's objects --------------------------------------------------- */
 typedef enum { RS_EVENTS, RS_SIDE } rs_kind_t;
@@ -176,8 +59,9 @@ typedef struct rstream {
 
 typedef struct {
     rstream_t s;
-    hnode_t node; /* in r->endpoints (by name) while it is the endpoint's current stream */
-    bool registered;
+    hnode_t node; /* in r->events, by token */
+    uint64_t token;
+    bool registered; /* it stands for its endpoint at the registry */
     bool hello_sent; /* nothing but Hello goes first */
     bool finished;   /* trailers given: the body ends when the queue is empty */
     char ep_id[ZTM_ID_MAX + 1];
@@ -190,54 +74,47 @@ typedef struct {
     unsigned q_head, q_n;
 } events_t;
 
-typedef enum { SESS_WAITING, SESS_JOINED, SESS_ENDED } sess_state_t;
-
 typedef struct side side_t;
+
+/* An open waiting for its accept (on the opener's worker). */
 typedef struct {
     ztm_hub_relay_t *r;
-    hnode_t node; /* in r->waiting while WAITING */
+    hnode_t node; /* in r->waiting, by id */
     uint64_t id;
-    sess_state_t state;
-    side_t *side[2];   /* 0: the opener, 1: the acceptor; NULL once its stream closed */
-    ring_t buf[2];     /* bytes from side d waiting to go to the other side */
-    bool eof[2];       /* side d ended its request body */
-    uint64_t bytes[2]; /* bytes relayed from side d to the other */
+    side_t *a;  /* the opener's stream */
+    bool found; /* the registry named the peer: Incoming is on its way */
     ztm_timer_t timer;
-    bool logged_end;
     char from_id[ZTM_ID_MAX + 1], from_name[ZTM_NAME_MAX + 1];
     char to_id[ZTM_ID_MAX + 1], to_name[ZTM_NAME_MAX + 1];
 } session_t;
 
 struct side {
     rstream_t s;
-    session_t *sess;
-    int dir;
+    ztm_xs_half_t *h;
+    session_t *sess;    /* the opener's, while it waits */
+    bool joined;        /* its half is bound to the other */
+    bool awaiting;      /* the acceptor's: the opener's worker has not answered */
+    bool gone;          /* ... and its stream closed meanwhile (freed at the answer) */
     bool reset_pending; /* the other side went: RST_STREAM(CANCEL) from run */
 };
 
-typedef struct {
-    events_t *ev; /* came: its Hello waits for the version (NULL if it closed since) */
-    char id[ZTM_ID_MAX + 1];
-    char name[ZTM_NAME_MAX + 1];
-    bool present;
-} presence_t;
-
 struct ztm_hub_relay {
     ztm_worker_t *w;
+    unsigned self, workers;
     ztm_grpc_server_t *srv;
     ztm_grpc_route_t route; /* what our streams' ztm_grpc_route_stream_t point at */
     char *hub_name, *mesh;
     uint64_t accept_ns;
     size_t window;
-    uint64_t (*on_presence)(void *arg, const ztm_hub_presence_t *changes, size_t n);
-    void *arg;
-    htab_t endpoints; /* name -> events_t */
-    htab_t waiting;   /* session id -> session_t (WAITING) */
+    ztm_outbox_t *ob;
+    unsigned registry;
+    ztm_xs_t *xs;
+    htab_t events; /* token -> events_t */
+    uint64_t next_token;
+    htab_t waiting; /* session id -> session_t */
     size_t joined;
     rstream_t *dirty_head, *dirty_tail;
     rstream_t *all;
-    presence_t *pq; /* presence changes of this turn */
-    size_t pq_n, pq_cap;
     bool draining;
 };
 
@@ -298,23 +175,28 @@ static void stream_disown(rstream_t *s)
         s->anext->aprev = s->aprev;
 }
 
-static int presence_push(ztm_hub_relay_t *r, events_t *ev, const char *id, const char *name,
-                         bool present)
+/* ---- messages to other workers ------------------------------------------------ */
+static hubmsg_t *msg_new(void)
 {
-    if (r->pq_n == r->pq_cap) {
-        size_t cap = r->pq_cap ? r->pq_cap * 2 : 16;
-        presence_t *pq = realloc(r->pq, cap * sizeof(*pq));
-        if (!pq)
-            return -ENOMEM;
-        r->pq = pq;
-        r->pq_cap = cap;
+    hubmsg_t *p = calloc(1, sizeof(*p));
+    if (!p)
+        ztm_log(ZTM_LOG_ERROR, "relay.message", "error=\"out of memory\"");
+    return p;
+}
+
+static void post(ztm_hub_relay_t *r, unsigned to, uint32_t type, hubmsg_t *p, uint64_t u64)
+{
+    ztm_msg_t m = {.type = type, .u64 = u64, .ptr = p};
+    ztm_outbox_post(r->ob, to, &m);
+}
+
+bool ztm_hub_discard(const ztm_msg_t *m)
+{
+    if (m->type >= ZTM_HUB_MSG_FIRST && m->type < ZTM_HUB_MSG_FIRST + ZTM_HUB_MSG_COUNT) {
+        free(m->ptr);
+        return true;
     }
-    presence_t *p = &r->pq[r->pq_n++];
-    p->ev = ev;
-    snprintf(p->id, sizeof(p->id), "%s", id);
-    snprintf(p->name, sizeof(p->name), "%s", name);
-    p->present = present;
-    return 0;
+    return ztm_xs_discard(m);
 }
 
 /* ---- answers ------------------------------------------------------------------ */
@@ -353,6 +235,16 @@ static void answer_grpc(ztm_h2_session_t *h, int32_t id, ztm_grpc_status_t st, c
     ztm_h2_respond(h, id, 200, hd, n, 0);
 }
 
+/* 200 with the session's ID: the body from here on is the peer's bytes. */
+static void answer_joined(side_t *x, uint64_t sid)
+{
+    char sid_s[24];
+    snprintf(sid_s, sizeof(sid_s), "%" PRIu64, sid);
+    ztm_h2_header_t hd = {"ztm-session", 11, sid_s, strlen(sid_s)};
+    ztm_h2_respond(x->s.h, x->s.id, 200, &hd, 1, ZTM_H2_BODY);
+    mark_dirty(&x->s);
+}
+
 static const ztm_h2_header_t *find_header(const ztm_h2_msg_t *m, const char *name)
 {
     size_t nl = strlen(name);
@@ -387,23 +279,16 @@ static void events_finish(events_t *ev, ztm_grpc_status_t st, const char *messag
     ztm_h2_header_t t[2];
     size_t n = grpc_status_headers(t, code, msg, sizeof(msg), st, message);
     ztm_h2_trailers(ev->s.h, ev->s.id, t, n);
+    ztm_h2_resume(ev->s.h, ev->s.id);
     mark_dirty(&ev->s);
 }
 
-static void events_unregister(events_t *ev)
+static events_t *events_find(ztm_hub_relay_t *r, uint64_t token)
 {
-    if (!ev->registered)
-        return;
-    htab_remove(&ev->s.r->endpoints, &ev->node);
-    ev->registered = false;
-}
-
-static events_t *endpoint_find(ztm_hub_relay_t *r, const char *name)
-{
-    uint64_t hash = hash_str(name);
-    for (hnode_t *n = htab_first(&r->endpoints, hash); n; n = n->next) {
+    uint64_t hash = htab_hash_u64(token);
+    for (hnode_t *n = htab_first(&r->events, hash); n; n = n->next) {
         events_t *ev = (events_t *)((char *)n - offsetof(events_t, node));
-        if (n->hash == hash && strcmp(ev->ep_name, name) == 0)
+        if (ev->token == token)
             return ev;
     }
     return NULL;
@@ -471,33 +356,41 @@ static void events_free(events_t *ev)
     free(ev);
 }
 
+/* Tells the registry about EV (REG, or UNREG). */
+static bool events_tell(events_t *ev, uint32_t type)
+{
+    ztm_hub_relay_t *r = ev->s.r;
+    hubmsg_t *p = msg_new();
+    if (!p)
+        return false;
+    p->token = ev->token;
+    p->worker = r->self;
+    snprintf(p->id, sizeof(p->id), "%s", ev->ep_id);
+    snprintf(p->name, sizeof(p->name), "%s", ev->ep_name);
+    post(r, r->registry, type, p, ev->token);
+    return true;
+}
+
 static void events_start(ztm_hub_relay_t *r, ztm_grpc_conn_t *c, ztm_h2_session_t *h, int32_t id,
                          const ztm_identity_t *who)
 {
     events_t *ev = calloc(1, sizeof(*ev));
-    if (!ev || presence_push(r, ev, who->id, who->name, true) < 0) {
-        free(ev);
+    if (!ev) {
         answer_grpc(h, id, ZTM_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
     ev->s = (rstream_t){{&r->route}, RS_EVENTS, r, c, h, id};
+    ev->token = ++r->next_token;
     snprintf(ev->ep_id, sizeof(ev->ep_id), "%s", who->id);
     snprintf(ev->ep_name, sizeof(ev->ep_name), "%s", who->name);
-    events_t *old = endpoint_find(r, who->name);
-    ev->node.hash = hash_str(who->name);
-    if (htab_insert(&r->endpoints, &ev->node) < 0) {
-        r->pq_n--;
+    ev->node.hash = htab_hash_u64(ev->token);
+    if (htab_insert(&r->events, &ev->node) < 0 || !events_tell(ev, HUB_MSG_REG)) {
+        htab_remove(&r->events, &ev->node);
         free(ev);
         answer_grpc(h, id, ZTM_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
     ev->registered = true;
-    if (old) {
-        events_unregister(old);
-        events_finish(old, ZTM_GRPC_ALREADY_EXISTS,
-                      "another Events stream of this endpoint replaced this one");
-        ztm_log(ZTM_LOG_INFO, "relay.events_replaced", "endpoint=%s id=%s", who->name, who->id);
-    }
     stream_own(&ev->s);
     ztm_h2_respond(h, id, 200, &CT, 1, ZTM_H2_BODY | ZTM_H2_TRAILERS);
     ztm_log(ZTM_LOG_INFO, "relay.events_open", "endpoint=%s id=%s link=%llu", who->name, who->id,
@@ -535,11 +428,10 @@ static void events_hello(ztm_hub_relay_t *r, events_t *ev, uint64_t version)
  * it get 404) and from presence. */
 static void events_leave(events_t *ev, const char *why)
 {
-    ztm_hub_relay_t *r = ev->s.r;
     if (!ev->registered)
         return;
-    events_unregister(ev);
-    if (presence_push(r, NULL, ev->ep_id, ev->ep_name, false) < 0)
+    ev->registered = false;
+    if (!events_tell(ev, HUB_MSG_UNREG))
         ztm_log(ZTM_LOG_ERROR, "relay.presence", "endpoint=%s error=\"out of memory\"",
                 ev->ep_name);
     ztm_log(ZTM_LOG_INFO, "relay.events_close", "endpoint=%s id=%s reason=%s", ev->ep_name,
@@ -549,52 +441,78 @@ static void events_leave(events_t *ev, const char *why)
 static void events_close(events_t *ev)
 {
     ztm_hub_relay_t *r = ev->s.r;
-    for (size_t i = 0; i < r->pq_n; i++)
-        if (r->pq[i].ev == ev)
-            r->pq[i].ev = NULL;
     events_leave(ev, "closed");
+    htab_remove(&r->events, &ev->node);
     stream_disown(&ev->s);
     events_free(ev);
 }
 
-/* ---- sessions --------------------------------------------------------------------- */
-static const char *dir_name(int d)
+static void on_hello(ztm_hub_relay_t *r, hubmsg_t *p)
 {
-    return d == 0 ? "opener" : "acceptor";
+    events_t *ev = events_find(r, p->token);
+    if (ev && !ev->finished)
+        events_hello(r, ev, p->version);
+    free(p);
 }
 
-static void session_log_end(session_t *s, const char *reason, uint32_t code)
+static void on_replaced(ztm_hub_relay_t *r, uint64_t token)
 {
-    if (s->logged_end)
+    events_t *ev = events_find(r, token);
+    if (!ev || !ev->registered)
         return;
-    s->logged_end = true;
-    ztm_log(ZTM_LOG_INFO, "relay.session_end",
-            "session=%" PRIu64 " from=%s to=%s bytes_ab=%" PRIu64 " bytes_ba=%" PRIu64
-            " reason=%s error=%u",
-            s->id, s->from_name, s->to_name, s->bytes[0], s->bytes[1], reason, code);
+    ev->registered = false; /* the new stream stands for the endpoint now */
+    events_finish(ev, ZTM_GRPC_ALREADY_EXISTS,
+                  "another Events stream of this endpoint replaced this one");
+    ztm_log(ZTM_LOG_INFO, "relay.events_replaced", "endpoint=%s id=%s", ev->ep_name, ev->ep_id);
 }
 
-static void session_unwait(session_t *s)
+/* A session opened on worker P->worker to an endpoint whose Events stream
+ * is here: Incoming on it, or NOTFOUND back if it went meanwhile. */
+static void on_incoming(ztm_hub_relay_t *r, hubmsg_t *p)
 {
-    ztm_hub_relay_t *r = s->r;
-    if (s->state == SESS_WAITING)
-        htab_remove(&r->waiting, &s->node);
-    ztm_timer_cancel(ztm_worker_timers(r->w), &s->timer);
+    events_t *ev = events_find(r, p->token);
+    if (!ev || !ev->registered || ev->finished) {
+        post(r, p->worker, HUB_MSG_NOTFOUND, p, p->sid);
+        return;
+    }
+    Ztm__V1__Incoming in = ZTM__V1__INCOMING__INIT;
+    in.session_id = p->sid;
+    in.from_endpoint_id = p->id;
+    in.from_name = p->name;
+    Ztm__V1__Event e = ZTM__V1__EVENT__INIT;
+    e.kind_case = ZTM__V1__EVENT__KIND_INCOMING;
+    e.incoming = &in;
+    size_t len;
+    uint8_t *msg = frame_event(&e, &len);
+    if (!msg) {
+        post(r, p->worker, HUB_MSG_NOTFOUND, p, p->sid);
+        return;
+    }
+    events_push(ev, msg, len, p->sid);
+    free(p);
+}
+
+/* ---- sessions --------------------------------------------------------------------- */
+static void session_log_end(session_t *s, const char *reason)
+{
+    ztm_log(ZTM_LOG_INFO, "relay.session_end",
+            "session=%" PRIu64 " from=%s to=%s bytes_ab=0 bytes_ba=0 reason=%s error=0", s->id,
+            s->from_name, s->to_name, reason);
 }
 
 static void session_free(session_t *s)
 {
-    session_unwait(s);
-    if (s->state == SESS_JOINED)
-        s->r->joined--;
-    ring_free(&s->buf[0]);
-    ring_free(&s->buf[1]);
+    ztm_hub_relay_t *r = s->r;
+    htab_remove(&r->waiting, &s->node);
+    ztm_timer_cancel(ztm_worker_timers(r->w), &s->timer);
+    if (s->a)
+        s->a->sess = NULL;
     free(s);
 }
 
 static session_t *session_find(ztm_hub_relay_t *r, uint64_t id)
 {
-    for (hnode_t *n = htab_first(&r->waiting, id); n; n = n->next) {
+    for (hnode_t *n = htab_first(&r->waiting, htab_hash_u64(id)); n; n = n->next) {
         session_t *s = (session_t *)((char *)n - offsetof(session_t, node));
         if (s->id == id)
             return s;
@@ -603,34 +521,24 @@ static session_t *session_find(ztm_hub_relay_t *r, uint64_t id)
 }
 
 /* Ends a session nobody accepted: STATUS to the opener, whose bytes are
- * dropped (their window credit returned). */
+ * dropped (their window credit returned). REASON NULL: not logged (the
+ * open was refused before it was offered to anyone). */
 static void session_refuse(session_t *s, int status, const char *reason, const char *msg)
 {
-    side_t *a = s->side[0];
-    session_unwait(s);
-    s->state = SESS_ENDED;
-    session_log_end(s, reason, 0);
-    if (!a)
-        return;
-    if (s->buf[0].len)
-        ztm_h2_consume(a->s.h, a->s.id, s->buf[0].len);
-    ring_free(&s->buf[0]);
+    side_t *a = s->a;
+    if (reason)
+        session_log_end(s, reason);
+    ztm_xs_half_drop(a->h);
     ztm_h2_header_t e = {"ztm-error", 9, msg, strlen(msg)};
     ztm_h2_respond(a->s.h, a->s.id, status, &e, 1, 0);
     mark_dirty(&a->s);
+    session_free(s);
 }
 
-/* The session's timer: the accept deadline while WAITING, then the trim
- * of buffers that went empty. */
+/* The accept deadline. */
 static void on_session_timer(ztm_timer_t *t)
 {
     session_t *s = (session_t *)((char *)t - offsetof(session_t, timer));
-    if (s->state != SESS_WAITING) {
-        for (int d = 0; d < 2; d++)
-            if (s->buf[d].len == 0)
-                ring_free(&s->buf[d]);
-        return;
-    }
     char msg[160];
     snprintf(msg, sizeof(msg), "endpoint %s did not accept the session within %.3g s", s->to_name,
              (double)s->r->accept_ns / ZTM_NS_PER_SEC);
@@ -644,15 +552,24 @@ static bool identity_ok(const ztm_hub_relay_t *r, const ztm_identity_t *who)
 }
 
 static side_t *side_new(ztm_hub_relay_t *r, ztm_grpc_conn_t *c, ztm_h2_session_t *h, int32_t id,
-                        session_t *s, int dir)
+                        int dir)
 {
     side_t *x = calloc(1, sizeof(*x));
     if (!x)
         return NULL;
     x->s = (rstream_t){{&r->route}, RS_SIDE, r, c, h, id};
-    x->sess = s;
-    x->dir = dir;
+    if (!(x->h = ztm_xs_half_new(r->xs, x, dir))) {
+        free(x);
+        return NULL;
+    }
     return x;
+}
+
+/* A side that never became a session's (out of memory on the way). */
+static void side_discard(side_t *x)
+{
+    ztm_xs_half_close(x->h, 0);
+    free(x);
 }
 
 static void session_open(ztm_hub_relay_t *r, ztm_grpc_conn_t *c, ztm_h2_session_t *h, int32_t id,
@@ -663,18 +580,16 @@ static void session_open(ztm_hub_relay_t *r, ztm_grpc_conn_t *c, ztm_h2_session_
         answer_http(h, id, 400, "header ztm-peer: expected the name of an endpoint");
         return;
     }
-    events_t *target = endpoint_find(r, peer->value);
-    if (!target) {
-        answer_http(h, id, 404, "endpoint %s is not connected to this hub", peer->value);
-        return;
-    }
     if (r->draining) {
         answer_http(h, id, 503, "the hub is shutting down");
         return;
     }
     session_t *s = calloc(1, sizeof(*s));
-    side_t *a = s ? side_new(r, c, h, id, s, 0) : NULL;
-    if (!a) {
+    side_t *a = s ? side_new(r, c, h, id, 0) : NULL;
+    hubmsg_t *p = a ? msg_new() : NULL;
+    if (!p) {
+        if (a)
+            side_discard(a);
         free(s);
         answer_http(h, id, 500, "out of memory");
         return;
@@ -683,41 +598,61 @@ static void session_open(ztm_hub_relay_t *r, ztm_grpc_conn_t *c, ztm_h2_session_
     do {
         if (RAND_bytes((uint8_t *)&s->id, sizeof(s->id)) != 1)
             abort(); /* BoringSSL's RNG does not fail */
-    } while (s->id == 0 || session_find(r, s->id));
-    s->node.hash = s->id;
+        s->id = (s->id & ~SID_WORKER_MASK) | r->self;
+    } while ((s->id >> 8) == 0 || session_find(r, s->id));
+    s->node.hash = htab_hash_u64(s->id);
     if (htab_insert(&r->waiting, &s->node) < 0) {
-        free(a);
+        free(p);
+        side_discard(a);
         free(s);
         answer_http(h, id, 500, "out of memory");
         return;
     }
-    s->state = SESS_WAITING;
-    s->side[0] = a;
-    s->eof[0] = req->end_stream;
+    s->a = a;
+    a->sess = s;
     snprintf(s->from_id, sizeof(s->from_id), "%s", who->id);
     snprintf(s->from_name, sizeof(s->from_name), "%s", who->name);
-    snprintf(s->to_id, sizeof(s->to_id), "%s", target->ep_id);
-    snprintf(s->to_name, sizeof(s->to_name), "%s", target->ep_name);
+    snprintf(s->to_name, sizeof(s->to_name), "%s", peer->value);
     ztm_timer_init(&s->timer, on_session_timer);
     ztm_timer_arm(ztm_worker_timers(r->w), &s->timer, ztm_worker_now(r->w) + r->accept_ns);
     stream_own(&a->s);
+    if (req->end_stream)
+        ztm_xs_half_eof(a->h);
+    /* Where is the peer? */
+    p->sid = s->id;
+    p->worker = r->self;
+    snprintf(p->name, sizeof(p->name), "%s", peer->value);
+    post(r, r->registry, HUB_MSG_FIND, p, s->id);
+}
 
-    Ztm__V1__Incoming in = ZTM__V1__INCOMING__INIT;
-    in.session_id = s->id;
-    in.from_endpoint_id = s->from_id;
-    in.from_name = s->from_name;
-    Ztm__V1__Event e = ZTM__V1__EVENT__INIT;
-    e.kind_case = ZTM__V1__EVENT__KIND_INCOMING;
-    e.incoming = &in;
-    size_t len;
-    uint8_t *msg = frame_event(&e, &len);
-    if (!msg) {
-        session_refuse(s, 500, "out_of_memory", "out of memory");
+/* The registry knows the peer: offer it the session. */
+static void on_found(ztm_hub_relay_t *r, hubmsg_t *p)
+{
+    session_t *s = session_find(r, p->sid);
+    if (!s || s->found) {
+        free(p); /* the opener went meanwhile */
         return;
     }
-    events_push(target, msg, len, s->id);
+    s->found = true;
+    snprintf(s->to_id, sizeof(s->to_id), "%s", p->id);
+    snprintf(s->to_name, sizeof(s->to_name), "%s", p->name);
+    unsigned to = p->worker;
+    p->worker = r->self;
+    snprintf(p->id, sizeof(p->id), "%s", s->from_id);
+    snprintf(p->name, sizeof(p->name), "%s", s->from_name);
+    post(r, to, HUB_MSG_INCOMING, p, p->sid);
     ztm_log(ZTM_LOG_INFO, "relay.session_open", "from=%s to=%s session=%" PRIu64, s->from_name,
             s->to_name, s->id);
+}
+
+static void on_notfound(ztm_hub_relay_t *r, uint64_t sid)
+{
+    session_t *s = session_find(r, sid);
+    if (!s)
+        return;
+    char msg[160];
+    snprintf(msg, sizeof(msg), "endpoint %s is not connected to this hub", s->to_name);
+    session_refuse(s, 404, s->found ? "not_connected" : NULL, msg);
 }
 
 static bool parse_u64(const char *v, uint64_t *out)
@@ -746,133 +681,130 @@ static void session_accept(ztm_hub_relay_t *r, ztm_grpc_conn_t *c, ztm_h2_sessio
         answer_http(h, id, 400, "header ztm-session: expected a session ID (decimal)");
         return;
     }
-    session_t *s = session_find(r, sid);
-    if (!s || strcmp(s->to_id, who->id) != 0 || !s->side[0]) {
+    unsigned owner = (unsigned)(sid & SID_WORKER_MASK);
+    if (owner == r->registry || owner >= r->workers) {
         answer_http(h, id, 404, "no session %" PRIu64 " is waiting for endpoint %s", sid,
                     who->name);
         return;
     }
-    side_t *b = side_new(r, c, h, id, s, 1);
-    if (!b) {
+    side_t *b = side_new(r, c, h, id, 1);
+    hubmsg_t *p = b ? msg_new() : NULL;
+    if (!p) {
+        if (b)
+            side_discard(b);
         answer_http(h, id, 500, "out of memory");
         return;
     }
-    session_unwait(s);
-    s->state = SESS_JOINED;
-    r->joined++;
-    s->side[1] = b;
-    s->eof[1] = req->end_stream;
     stream_own(&b->s);
-    char sid_s[24];
-    snprintf(sid_s, sizeof(sid_s), "%" PRIu64, s->id);
-    ztm_h2_header_t hd = {"ztm-session", 11, sid_s, strlen(sid_s)};
-    side_t *a = s->side[0];
-    ztm_h2_respond(a->s.h, a->s.id, 200, &hd, 1, ZTM_H2_BODY);
-    ztm_h2_respond(h, id, 200, &hd, 1, ZTM_H2_BODY);
-    mark_dirty(&a->s);
-    ztm_log(ZTM_LOG_INFO, "relay.session_joined", "from=%s to=%s session=%" PRIu64 " held=%zu",
-            s->from_name, s->to_name, s->id, s->buf[0].len);
+    if (req->end_stream)
+        ztm_xs_half_eof(b->h);
+    /* The session's worker decides (here too: same path). */
+    b->awaiting = true;
+    ztm_xs_half_hold(b->h);
+    p->sid = sid;
+    p->worker = r->self;
+    p->half = b->h;
+    p->side = b;
+    snprintf(p->id, sizeof(p->id), "%s", who->id);
+    snprintf(p->name, sizeof(p->name), "%s", who->name);
+    post(r, owner, HUB_MSG_ACCEPT, p, sid);
 }
 
-/* Side X's request body bytes: held for the other side. */
-static void side_data(side_t *x, const uint8_t *data, size_t len)
+/* On the opener's worker: an accept of session P->sid by P->id, whose
+ * stream is on worker P->worker. */
+static void on_accept(ztm_hub_relay_t *r, hubmsg_t *p)
 {
-    session_t *s = x->sess;
-    int d = x->dir;
-    side_t *y = s->side[1 - d];
-    bool keep = s->state == SESS_WAITING || (s->state == SESS_JOINED && y && !y->reset_pending);
-    if (!keep) {
-        ztm_h2_consume(x->s.h, x->s.id, len); /* nobody will take them */
+    session_t *s = session_find(r, p->sid);
+    if (!s || !s->found || strcmp(s->to_id, p->id) != 0) {
+        post(r, p->worker, HUB_MSG_REFUSED, p, p->sid);
         return;
     }
-    int e = ring_put(&s->buf[d], data, len, x->s.r->window);
-    if (e < 0) {
-        /* More than the window we announced: the peer broke flow control,
-         * or the server's window is not the one we were told. */
-        ztm_log(ZTM_LOG_WARN, "relay.overflow", "session=%" PRIu64 " side=%s held=%zu error=\"%s\"",
-                s->id, dir_name(d), s->buf[d].len, strerror(-e));
-        ztm_h2_consume(x->s.h, x->s.id, len);
-        ztm_h2_reset(x->s.h, x->s.id, ZTM_H2_INTERNAL_ERROR);
-        return;
-    }
-    if (s->state == SESS_JOINED) {
-        ztm_h2_resume(y->s.h, y->s.id);
-        mark_dirty(&y->s);
-    }
+    side_t *a = s->a;
+    ztm_xs_half_bind(a->h, p->worker, p->half, s->id, s->from_name, s->to_name);
+    a->joined = true;
+    r->joined++;
+    answer_joined(a, s->id);
+    ztm_log(ZTM_LOG_INFO, "relay.session_joined",
+            "from=%s to=%s session=%" PRIu64 " held=%zu acceptor_worker=%u", s->from_name,
+            s->to_name, s->id, ztm_xs_half_held(a->h), p->worker);
+    unsigned to = p->worker;
+    p->peer = a->h;
+    post(r, to, HUB_MSG_JOINED, p, p->sid);
+    session_free(s);
 }
 
-static void side_end_stream(side_t *x)
+/* Back on the acceptor's worker: joined (P->peer is the opener's half on
+ * the session's worker), or refused. */
+static void on_accept_answer(ztm_hub_relay_t *r, hubmsg_t *p, bool joined)
 {
-    session_t *s = x->sess;
-    int d = x->dir;
-    s->eof[d] = true;
-    side_t *y = s->side[1 - d];
-    if (s->state == SESS_JOINED && y) {
-        ztm_h2_resume(y->s.h, y->s.id);
-        mark_dirty(&y->s);
-    }
-}
-
-/* Y's response body: the other side's bytes. Consumed on the source only
- * now that they leave the hub: its sender gets the credit back. */
-static ssize_t side_read(side_t *y, uint8_t *dst, size_t max, bool *eof)
-{
-    session_t *s = y->sess;
-    int d = 1 - y->dir;
-    size_t n = ring_get(&s->buf[d], dst, max);
-    if (n) {
-        s->bytes[d] += n;
-        side_t *x = s->side[d];
-        if (x) {
-            ztm_h2_consume(x->s.h, x->s.id, n);
-            mark_dirty(&x->s);
+    side_t *b = p->side;
+    b->awaiting = false;
+    if (joined) {
+        ztm_xs_half_bind(b->h, (unsigned)(p->sid & SID_WORKER_MASK), p->peer, 0, NULL, NULL);
+        if (!b->gone) {
+            b->joined = true;
+            r->joined++;
+            answer_joined(b, p->sid);
         }
+    } else if (!b->gone) {
+        answer_http(b->s.h, b->s.id, 404, "no session %" PRIu64 " is waiting for endpoint %s",
+                    p->sid, p->name);
+        ztm_xs_half_drop(b->h);
+        mark_dirty(&b->s);
     }
-    *eof = s->eof[d] && s->buf[d].len == 0;
-    /* A session that goes quiet keeps no large buffer: trimmed a moment
-     * later (not at once, which would reallocate all through a transfer
-     * whose reader is faster than its writer). */
-    if (s->buf[d].len == 0 && s->buf[d].cap > BUF_MIN && !ztm_timer_armed(&s->timer))
-        ztm_timer_arm(ztm_worker_timers(s->r->w), &s->timer, ztm_worker_now(s->r->w) + TRIM_NS);
-    return (ssize_t)n;
+    ztm_xs_half_unhold(b->h);
+    if (b->gone)
+        free(b);
+    free(p);
 }
 
 static void side_close(side_t *x, uint32_t code)
 {
+    ztm_hub_relay_t *r = x->s.r;
     session_t *s = x->sess;
-    int d = x->dir;
-    stream_disown(&x->s);
-    s->side[d] = NULL;
-    /* Bytes it sent that are still here: their credit goes back now (the
-     * connection window needs it); in a clean end the other side still
-     * gets them. */
-    if (s->buf[d].len)
-        ztm_h2_consume(x->s.h, x->s.id, s->buf[d].len);
-    side_t *y = s->side[1 - d];
-    switch (s->state) {
-    case SESS_WAITING: /* the opener went before an accept */
-        session_unwait(s);
-        s->state = SESS_ENDED;
-        session_log_end(s, code ? "opener_reset" : "opener_gone", code);
-        break;
-    case SESS_JOINED:
-        if (code) {
-            session_log_end(s, d == 0 ? "opener_reset" : "acceptor_reset", code);
-            ring_free(&s->buf[d]);
-            if (y) {
-                y->reset_pending = true;
-                mark_dirty(&y->s);
-            }
-        } else if (!y) {
-            session_log_end(s, "done", 0);
-        }
-        break;
-    case SESS_ENDED:
-        break;
-    }
-    free(x);
-    if (!s->side[0] && !s->side[1])
+    if (s) { /* the opener went before an accept */
+        session_log_end(s, code ? "opener_reset" : "opener_gone");
+        s->a = NULL;
         session_free(s);
+    }
+    if (x->joined)
+        r->joined--;
+    ztm_xs_half_close(x->h, code);
+    stream_disown(&x->s);
+    if (x->awaiting)
+        x->gone = true; /* the answer frees it */
+    else
+        free(x);
+}
+
+/* ---- the splice's needs ------------------------------------------------------------ */
+static void xs_readable(void *arg, void *side)
+{
+    side_t *x = side;
+    ztm_h2_resume(x->s.h, x->s.id);
+    mark_dirty(&x->s);
+}
+
+static void xs_reset(void *arg, void *side)
+{
+    side_t *x = side;
+    x->reset_pending = true;
+    mark_dirty(&x->s);
+}
+
+static void xs_consumed(void *arg, void *side, size_t n)
+{
+    side_t *x = side;
+    ztm_h2_consume(x->s.h, x->s.id, n);
+    mark_dirty(&x->s);
+}
+
+static void xs_end(void *arg, const ztm_xs_end_t *e)
+{
+    ztm_log(ZTM_LOG_INFO, "relay.session_end",
+            "session=%" PRIu64 " from=%s to=%s bytes_ab=%" PRIu64 " bytes_ba=%" PRIu64
+            " reason=%s error=%u",
+            e->id, e->from, e->to, e->bytes_ab, e->bytes_ba, e->reason, e->error);
 }
 
 /* ---- route callbacks -------------------------------------------------------------- */
@@ -882,9 +814,9 @@ static void on_request(void *arg, ztm_grpc_conn_t *c, ztm_h2_session_t *h, int32
     ztm_hub_relay_t *r = arg;
     const char *path = req->path ? req->path : "";
     const ztm_identity_t *who = ztm_grpc_conn_identity(c);
-    bool post = req->method && strcmp(req->method, "POST") == 0;
+    bool is_post = req->method && strcmp(req->method, "POST") == 0;
     if (strncmp(path, "/ztm.v1.Relay/", 14) == 0) {
-        if (!post) {
+        if (!is_post) {
             ztm_h2_header_t allow = {"allow", 5, "POST", 4};
             ztm_h2_respond(h, id, 405, &allow, 1, 0);
             return;
@@ -917,7 +849,7 @@ static void on_request(void *arg, ztm_grpc_conn_t *c, ztm_h2_session_t *h, int32
         answer_http(h, id, 404, "no such relay path");
         return;
     }
-    if (!post) {
+    if (!is_post) {
         ztm_h2_header_t allow = {"allow", 5, "POST", 4};
         ztm_h2_respond(h, id, 405, &allow, 1, 0);
         return;
@@ -940,14 +872,23 @@ static void on_data(void *arg, ztm_h2_session_t *h, int32_t id, void *sdata, con
         ztm_h2_consume(h, id, len); /* the request (agent_version) is not used */
         return;
     }
-    side_data((side_t *)rs, data, len);
+    side_t *x = (side_t *)rs;
+    int e = ztm_xs_half_data(x->h, data, len);
+    if (e < 0) {
+        /* More than the window we announced: the peer broke flow control,
+         * or the server's window is not the one we were told. */
+        ztm_log(ZTM_LOG_WARN, "relay.overflow", "held=%zu len=%zu error=\"%s\"",
+                ztm_xs_half_held(x->h), len, strerror(-e));
+        ztm_h2_consume(h, id, len);
+        ztm_h2_reset(h, id, ZTM_H2_INTERNAL_ERROR);
+    }
 }
 
 static void on_end_stream(void *arg, ztm_h2_session_t *h, int32_t id, void *sdata)
 {
     rstream_t *rs = sdata;
     if (rs->kind == RS_SIDE)
-        side_end_stream((side_t *)rs);
+        ztm_xs_half_eof(((side_t *)rs)->h);
 }
 
 static ssize_t read_body(void *arg, ztm_h2_session_t *h, int32_t id, void *sdata, uint8_t *dst,
@@ -956,7 +897,7 @@ static ssize_t read_body(void *arg, ztm_h2_session_t *h, int32_t id, void *sdata
     rstream_t *rs = sdata;
     if (rs->kind == RS_EVENTS)
         return events_read((events_t *)rs, dst, max, eof);
-    return side_read((side_t *)rs, dst, max, eof);
+    return (ssize_t)ztm_xs_half_read(((side_t *)rs)->h, dst, max, eof);
 }
 
 static void on_stream_close(void *arg, ztm_h2_session_t *h, int32_t id, void *sdata,
@@ -997,16 +938,23 @@ int ztm_hub_relay_new(ztm_worker_t *w, ztm_grpc_server_t *srv, const ztm_hub_rel
     if (!r)
         return -ENOMEM;
     r->w = w;
+    r->self = (unsigned)ztm_worker_id(w);
+    r->workers = ztm_engine_workers(ztm_worker_engine(w));
     r->srv = srv;
+    r->ob = cfg->ob;
+    r->registry = cfg->registry;
     r->hub_name = strdup(cfg->hub_name ? cfg->hub_name : "");
     r->mesh = strdup(cfg->mesh ? cfg->mesh : "");
     r->accept_ns = cfg->accept_timeout_ns ? cfg->accept_timeout_ns : DEFAULT_ACCEPT_NS;
     r->window = cfg->stream_window ? cfg->stream_window : DEFAULT_WINDOW;
-    r->on_presence = cfg->on_presence;
-    r->arg = cfg->arg;
-    if (!r->hub_name || !r->mesh) {
+    ztm_xs_ops_t ops = {.on_readable = xs_readable, .on_reset = xs_reset,
+                        .on_consumed = xs_consumed, .on_end = xs_end, .arg = r};
+    int e = r->self > SID_WORKER_MASK ? -EINVAL : 0; /* session IDs name the worker */
+    if (e == 0 && (!r->hub_name || !r->mesh || ztm_xs_new(w, r->ob, r->window, &ops, &r->xs) < 0))
+        e = -ENOMEM;
+    if (e < 0) {
         ztm_hub_relay_free(r);
-        return -ENOMEM;
+        return e;
     }
     r->route = (ztm_grpc_route_t){
         .prefix = "/ztm.v1.Relay/",
@@ -1018,7 +966,7 @@ int ztm_hub_relay_new(ztm_worker_t *w, ztm_grpc_server_t *srv, const ztm_hub_rel
         .on_conn_revoked = on_conn_revoked,
         .arg = r,
     };
-    int e = ztm_grpc_server_add_route(srv, &r->route);
+    e = ztm_grpc_server_add_route(srv, &r->route);
     ztm_grpc_route_t rt = r->route;
     rt.prefix = "/ztm.relay/";
     if (e == 0)
@@ -1035,34 +983,47 @@ void ztm_hub_relay_free(ztm_hub_relay_t *r)
 {
     if (!r)
         return;
-    free(r->endpoints.b);
-    free(r->waiting.b);
-    free(r->pq);
+    ztm_xs_free(r->xs);
+    htab_free(&r->events);
+    htab_free(&r->waiting);
     free(r->hub_name);
     free(r->mesh);
     free(r);
 }
 
+bool ztm_hub_relay_message(ztm_hub_relay_t *r, const ztm_msg_t *m)
+{
+    switch (m->type) {
+    case HUB_MSG_HELLO:
+        on_hello(r, m->ptr);
+        return true;
+    case HUB_MSG_REPLACED:
+        on_replaced(r, m->u64);
+        return true;
+    case HUB_MSG_FOUND:
+        on_found(r, m->ptr);
+        return true;
+    case HUB_MSG_NOTFOUND:
+        free(m->ptr);
+        on_notfound(r, m->u64);
+        return true;
+    case HUB_MSG_INCOMING:
+        on_incoming(r, m->ptr);
+        return true;
+    case HUB_MSG_ACCEPT:
+        on_accept(r, m->ptr);
+        return true;
+    case HUB_MSG_JOINED:
+    case HUB_MSG_REFUSED:
+        on_accept_answer(r, m->ptr, m->type == HUB_MSG_JOINED);
+        return true;
+    default:
+        return ztm_xs_message(r->xs, m);
+    }
+}
+
 void ztm_hub_relay_run(ztm_hub_relay_t *r)
 {
-    if (r->pq_n) {
-        uint64_t version = 0;
-        if (r->on_presence) {
-            ztm_hub_presence_t ch[64];
-            for (size_t i = 0; i < r->pq_n;) {
-                size_t n = 0;
-                for (; n < 64 && i + n < r->pq_n; n++)
-                    ch[n] = (ztm_hub_presence_t){r->pq[i + n].id, r->pq[i + n].name,
-                                                 r->pq[i + n].present};
-                version = r->on_presence(r->arg, ch, n);
-                i += n;
-            }
-        }
-        for (size_t i = 0; i < r->pq_n; i++)
-            if (r->pq[i].ev)
-                events_hello(r, r->pq[i].ev, version);
-        r->pq_n = 0;
-    }
     /* Kicking a connection flushes it, which may mark others (credit
      * returned, bytes taken) or close streams (unlinking them): take from
      * the head until the list is empty. */
@@ -1074,13 +1035,15 @@ void ztm_hub_relay_run(ztm_hub_relay_t *r)
             ztm_h2_reset(s->h, s->id, ZTM_H2_CANCEL);
         ztm_grpc_conn_kick(c); /* S may be gone after this */
     }
+    /* The streams' reads made credit: it goes now, with new bytes. */
+    ztm_xs_run(r->xs);
 }
 
 void ztm_hub_relay_drain(ztm_hub_relay_t *r)
 {
     r->draining = true;
-    for (size_t i = 0; i < r->endpoints.nb; i++) {
-        for (hnode_t *n = r->endpoints.b[i]; n; n = n->next) {
+    for (size_t i = 0; i < r->events.nb; i++) {
+        for (hnode_t *n = r->events.b[i]; n; n = n->next) {
             events_t *ev = (events_t *)((char *)n - offsetof(events_t, node));
             events_finish(ev, ZTM_GRPC_UNAVAILABLE, "the hub is shutting down");
         }
@@ -1098,9 +1061,14 @@ void ztm_hub_relay_drain(ztm_hub_relay_t *r)
     ztm_hub_relay_run(r);
 }
 
+bool ztm_hub_relay_idle(const ztm_hub_relay_t *r)
+{
+    return ztm_xs_halves(r->xs) == 0;
+}
+
 size_t ztm_hub_relay_endpoints(const ztm_hub_relay_t *r)
 {
-    return r->endpoints.n;
+    return r->events.n;
 }
 
 size_t ztm_hub_relay_waiting(const ztm_hub_relay_t *r)

@@ -45,6 +45,7 @@ struct ztm_worker {
     void *data;
     uint64_t inflight; /* counted ops not yet finally completed */
     bool draining, stopping;
+    _Atomic bool ended; /* the loop is over: the mailbox is read no more */
     ztm_timer_t drain_timer;
     int efd;
     uint64_t efd_val;
@@ -63,6 +64,7 @@ struct ztm_engine {
     unsigned started;
     int start_err;
     _Atomic unsigned alive;
+    _Atomic unsigned running; /* workers whose loop has not ended */
     _Atomic unsigned drained; /* workers whose service has stopped accepting */
     pthread_t runner;         /* the thread in ztm_engine_run, woken when the last worker ends */
 };
@@ -150,6 +152,14 @@ unsigned ztm_engine_workers(const ztm_engine_t *e)
 {
     return e->n;
 }
+bool ztm_engine_worker_ended(const ztm_engine_t *e, unsigned i)
+{
+    return i >= e->n || atomic_load(&e->workers[i].ended);
+}
+unsigned ztm_engine_running(const ztm_engine_t *e)
+{
+    return atomic_load(&((ztm_engine_t *)e)->running);
+}
 
 /* ---- mailbox --------------------------------------------------------- */
 static void on_mailbox(ztm_worker_t *w, ztm_op_t *op, int res, uint32_t flags);
@@ -209,16 +219,27 @@ static void on_mailbox(ztm_worker_t *w, ztm_op_t *op, int res, uint32_t flags)
     arm_mailbox(w);
 }
 
-bool ztm_engine_post(ztm_engine_t *e, int from, unsigned to, const ztm_msg_t *m)
+bool ztm_engine_push(ztm_engine_t *e, int from, unsigned to, const ztm_msg_t *m)
 {
     if (to >= e->n || from < -1 || from >= (int)e->n)
         return false;
-    ztm_worker_t *w = &e->workers[to];
-    if (!ztm_spsc_push(&w->inbox[from + 1], m))
-        return false;
+    return ztm_spsc_push(&e->workers[to].inbox[from + 1], m);
+}
+
+void ztm_engine_wake(ztm_engine_t *e, unsigned to)
+{
+    if (to >= e->n)
+        return;
     uint64_t one = 1;
-    ssize_t r = write(w->efd, &one, sizeof(one));
+    ssize_t r = write(e->workers[to].efd, &one, sizeof(one));
     (void)r; /* EAGAIN only when the counter is saturated: the worker is awake anyway */
+}
+
+bool ztm_engine_post(ztm_engine_t *e, int from, unsigned to, const ztm_msg_t *m)
+{
+    if (!ztm_engine_push(e, from, to, m))
+        return false;
+    ztm_engine_wake(e, to);
     return true;
 }
 
@@ -343,6 +364,11 @@ static void *worker_main(void *p)
         run_loop(w);
     else
         ztm_log(ZTM_LOG_ERROR, "worker.start", "error=\"%s\"", strerror(-err));
+    atomic_store(&w->ended, true);
+    atomic_fetch_sub(&e->running, 1);
+    for (unsigned i = 0; i < e->n; i++)
+        if (i != (unsigned)w->id)
+            ztm_engine_wake(e, i);
     if (e->svc->finish)
         e->svc->finish(w, e->arg);
     if (w->bufs)
@@ -459,11 +485,15 @@ int ztm_engine_run(const ztm_engine_config_t *cfg, const ztm_service_t *svc, voi
                 goto out;
     }
     atomic_store(&e->alive, e->n);
+    atomic_store(&e->running, e->n);
     for (; created < e->n; created++) {
         int r = pthread_create(&e->workers[created].thread, NULL, worker_main, &e->workers[created]);
         if (r) {
             ret = -r;
             atomic_fetch_sub(&e->alive, e->n - created);
+            atomic_fetch_sub(&e->running, e->n - created);
+            for (unsigned i = created; i < e->n; i++)
+                atomic_store(&e->workers[i].ended, true);
             break;
         }
     }
@@ -511,8 +541,13 @@ out:
         for (unsigned i = 0; i < e->n; i++) {
             ztm_worker_t *w = &e->workers[i];
             if (w->inbox)
-                for (unsigned p = 0; p <= e->n; p++)
+                for (unsigned p = 0; p <= e->n; p++) {
+                    ztm_msg_t m;
+                    while (w->inbox[p].slots && ztm_spsc_pop(&w->inbox[p], &m))
+                        if (m.type >= ZTM_MSG_SERVICE && svc->discard)
+                            svc->discard(&m, arg);
                     ztm_spsc_fini(&w->inbox[p]);
+                }
             free(w->inbox);
             if (w->efd >= 0)
                 close(w->efd);

@@ -106,6 +106,10 @@ typedef struct {
     void (*message)(ztm_worker_t *w, const ztm_msg_t *m, void *arg);
     /* On the engine's thread when the first signal arrives (for logging). */
     void (*draining)(void *arg, uint64_t timeout_ns);
+    /* On the engine's thread once every worker has ended: a service message
+     * that no worker read (posted to a worker after its loop ended). Frees
+     * what M carries. */
+    void (*discard)(const ztm_msg_t *m, void *arg);
 } ztm_service_t;
 
 typedef struct {
@@ -135,7 +139,19 @@ enum { ZTM_MSG_DRAIN = 1, ZTM_MSG_STOP = 2, ZTM_MSG_SERVICE = 16 };
  * engine's own thread. Thread-safe for distinct FROM values. False when the
  * queue is full (the caller retries or drops and counts). */
 bool ztm_engine_post(ztm_engine_t *e, int from, unsigned to, const ztm_msg_t *m);
+/* As ztm_engine_post, without waking TO: a producer that posts many
+ * messages in one loop turn wakes each destination once, at the end of the
+ * turn, with ztm_engine_wake. */
+bool ztm_engine_push(ztm_engine_t *e, int from, unsigned to, const ztm_msg_t *m);
+void ztm_engine_wake(ztm_engine_t *e, unsigned to);
 unsigned ztm_engine_workers(const ztm_engine_t *e);
+/* True once worker I's loop has ended: it reads its mailbox no more (what
+ * is posted to it from then on goes to the service's discard). */
+bool ztm_engine_worker_ended(const ztm_engine_t *e, unsigned i);
+/* Workers whose loop has not ended yet. When a worker's loop ends every
+ * other worker is woken, so one that waits for the others to end (its idle
+ * callback checks this) sees the change. */
+unsigned ztm_engine_running(const ztm_engine_t *e);
 /* From worker FROM: drain every worker, as the first signal would (a client
  * whose work is done ends the engine this way). */
 void ztm_engine_shutdown(ztm_engine_t *e, int from);
