@@ -327,7 +327,9 @@ class Agent:
         """Sends what the windows allow of DATA[OFF:]; returns the new offset.
         END_STREAM with the last byte when END_STREAM."""
         st = self.streams[sid]
-        if st.ended or self.closed:
+        # Not st.ended: that is the peer's END_STREAM, after which this side
+        # may still send (a relayed stream is full duplex until both end).
+        if st.reset is not None or self.closed:
             return off
         try:
             while off < len(data):
