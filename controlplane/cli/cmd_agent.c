@@ -17,6 +17,7 @@
 #include "controlplane/grpc/client.h"
 #include "dataplane/agent/agent.h"
 #include "dataplane/runtime/log.h"
+#include "dataplane/runtime/net.h"
 #include "dataplane/tls/tls.h"
 #include "ztm/v1/agent.pb-c.h"
 
@@ -543,6 +544,12 @@ int ztm_cmd_tunnel(int argc, char **argv)
             return ztm_cli_usage_error(cmd, "export needs --to HOST:PORT (where the service is, from here)");
         if (listen_s || via)
             return ztm_cli_usage_error(cmd, "--listen and --via are for imports");
+        /* Checked here, names looked up too (the agent looks them up off
+         * its worker, later): a typo is an error now, not a log line. */
+        ztm_addr_t to_addr;
+        const char *why;
+        if (ztm_addr_parse(to, &to_addr, &why) < 0)
+            return ztm_cli_usage_error(cmd, "--to '%s': %s", to, why);
         spec.direction = ZTM__V1__TUNNEL_DIRECTION__TUNNEL_EXPORT;
         spec.target = (char *)to;
         if (allow) {

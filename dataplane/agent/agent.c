@@ -464,7 +464,8 @@ int agent_mesh_add(agent_t *a, const char *name, char *err, size_t cap)
     for (unsigned i = 0; i < m->n_hubs; i++)
         hubs[i] = m->hubs[i];
     ztm_hublink_config_t hc = {.hubs = hubs, .n_hubs = m->n_hubs, .mesh = m->mesh_id, .tls = m->hub_tls,
-                               .on_state = on_link_state, .on_incoming = on_incoming, .arg = m};
+                               .on_state = on_link_state, .on_incoming = on_incoming, .arg = m,
+                               .resolver = a->resolver};
     if ((r = ztm_hublink_new(a->w, &hc, &m->hl)) < 0) {
         snprintf(err, cap, "hub link: %s", strerror(-r));
         mesh_free(m);
@@ -570,7 +571,10 @@ static int svc_start(ztm_worker_t *w, void *arg)
 {
     agent_t *a = arg;
     a->w = w;
-    int r = agent_api_start(a);
+    int r = ztm_resolver_new(w, &a->resolver);
+    if (r < 0)
+        return r;
+    r = agent_api_start(a);
     if (r < 0)
         return r;
     agent_reload(a, NULL, 0);
@@ -607,6 +611,8 @@ static void svc_finish(ztm_worker_t *w, void *arg)
     if (a->api && ztm_grpc_server_conns(a->api) == 0)
         ztm_grpc_server_free(a->api);
     a->api = NULL;
+    ztm_resolver_free(a->resolver);
+    a->resolver = NULL;
 }
 
 static const ztm_service_t agent_service = {

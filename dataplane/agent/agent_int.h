@@ -13,6 +13,7 @@
 #include "dataplane/peer/peer.h"
 #include "dataplane/runtime/acceptor.h"
 #include "dataplane/runtime/net.h"
+#include "dataplane/runtime/resolver.h"
 #include "dataplane/runtime/worker.h"
 
 #define AGENT_PATH_MAX 4096
@@ -34,7 +35,7 @@ struct tunnel {
     char name[AGENT_SVC_MAX + 1];
     /* export */
     char target[300];
-    ztm_addr_t target_addr;
+    ztm_resolve_job_t *lookup; /* the target's name, looked up when added */
     char allow[AGENT_MAX_ALLOW][ZTM_NAME_MAX + 1];
     unsigned n_allow;
     bool published; /* the hub has it (since the link last came up) */
@@ -99,6 +100,7 @@ struct agent {
     struct ztm_grpc_server *api;
     ztm_acceptor_t api_acceptor;
     int64_t started;
+    ztm_resolver_t *resolver; /* hub and target names, looked up off the worker */
 };
 
 /* ---- agent.c ------------------------------------------------------------- */

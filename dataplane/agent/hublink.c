@@ -112,6 +112,8 @@ struct ztm_hublink {
     uint64_t up_since;
     uint64_t rng;
     ztm_timer_t retry_timer, tick_timer, soon_timer;
+    ztm_resolver_t *resolver, *own_resolver;
+    ztm_resolve_job_t *lookup; /* the hub's name being looked up */
 
     /* the connection */
     ztm_link_t *link;
@@ -165,6 +167,7 @@ static void h_free(ztm_hublink_t *h)
     free(h->hubs);
     free(h->mesh);
     ztm_tls_ctx_free(h->tls);
+    ztm_resolver_free(h->own_resolver);
     free(h);
 }
 
@@ -1055,6 +1058,25 @@ static void schedule_retry(ztm_hublink_t *h, const char *why)
     set_state(h, ZTM_HUBLINK_BACKOFF, h->last_error);
 }
 
+static void dial(ztm_hublink_t *h, const ztm_addr_t *addr);
+
+static void on_resolved(void *arg, int err, const ztm_addr_t *addr, const char *why)
+{
+    ztm_hublink_t *h = arg;
+    h->lookup = NULL;
+    if (h->stopped) {
+        h_put(h);
+        return;
+    }
+    if (err < 0) {
+        set_why(h, "cannot resolve the hub's name: %s", why);
+        schedule_retry(h, h->why);
+    } else {
+        dial(h, addr);
+    }
+    h_put(h); /* the lookup's */
+}
+
 static void attempt(ztm_hublink_t *h)
 {
     if (h->failover) {
@@ -1066,24 +1088,34 @@ static void attempt(ztm_hublink_t *h)
     set_state(h, ZTM_HUBLINK_CONNECTING, NULL);
     if (h->stopped)
         return;
-    ztm_addr_t addr;
-    const char *why = NULL;
-    if (ztm_addr_parse(hub, &addr, &why) < 0) {
-        set_why(h, "bad hub address: %s", why);
-        schedule_retry(h, h->why);
-        return;
-    }
     /* SNI and :authority: the host part ("[v6]" sends none, as ztm join). */
     snprintf(h->host, sizeof(h->host), "%s", hub);
     char *colon = strrchr(h->host, ':');
     if (colon)
         *colon = 0;
+    ztm_addr_t addr;
+    const char *why = NULL;
+    int r = ztm_resolve(h->resolver, hub, &addr, &why, on_resolved, h, &h->lookup);
+    if (r == -EINPROGRESS) {
+        h_get(h); /* the lookup's: on_resolved puts it */
+        return;
+    }
+    if (r < 0) {
+        set_why(h, "bad hub address: %s", why);
+        schedule_retry(h, h->why);
+        return;
+    }
+    dial(h, &addr);
+}
+
+static void dial(ztm_hublink_t *h, const ztm_addr_t *addr)
+{
     ztm_link_config_t lc = {.tls = h->tls,
                             .sni = h->host[0] == '[' ? NULL : h->host,
                             .connect_timeout_ns = CONNECT_TIMEOUT_NS};
     h->ev.open = false;
     h_get(h); /* the link's */
-    int r = ztm_link_connect(h->w, &addr, &lc, &link_upper, h, &h->link);
+    int r = ztm_link_connect(h->w, addr, &lc, &link_upper, h, &h->link);
     if (r < 0) {
         h->link = NULL;
         h_put(h);
@@ -1147,6 +1179,13 @@ int ztm_hublink_new(ztm_worker_t *w, const ztm_hublink_config_t *cfg, ztm_hublin
     ztm_tls_ctx_ref(cfg->tls);
     h->tls = cfg->tls;
     h->cfg.tls = NULL;
+    h->resolver = cfg->resolver;
+    if (!h->resolver) {
+        if (ztm_resolver_new(w, &h->own_resolver) < 0)
+            goto Fail;
+        h->resolver = h->own_resolver;
+    }
+    h->cfg.resolver = NULL;
     h->state = ZTM_HUBLINK_CONNECTING;
     /* The first attempt runs from the loop, so that on_state never runs
      * inside this call. */
@@ -1164,6 +1203,11 @@ void ztm_hublink_stop(ztm_hublink_t *h)
         return;
     h->stopped = true;
     h->state = ZTM_HUBLINK_STOPPED;
+    if (h->lookup) { /* the owner's reference keeps H alive through this put */
+        ztm_resolve_cancel(h->lookup);
+        h->lookup = NULL;
+        h_put(h);
+    }
     ztm_timers_t *ts = ztm_worker_timers(h->w);
     ztm_timer_cancel(ts, &h->retry_timer);
     while (h->done_head) {

@@ -27,6 +27,7 @@
 #include <sys/types.h>
 
 #include "controlplane/grpc/frame.h"
+#include "dataplane/runtime/resolver.h"
 #include "dataplane/runtime/worker.h"
 #include "dataplane/tls/tls.h"
 
@@ -59,6 +60,9 @@ typedef struct {
     void *arg;
     uint64_t backoff_min_ns; /* 0: 500 ms */
     uint64_t backoff_max_ns; /* 0: 30 s */
+    /* Hub names are looked up through it (not on the worker); NULL: the
+     * link makes its own. */
+    ztm_resolver_t *resolver;
 } ztm_hublink_config_t;
 
 /* Creates the link on worker W and starts connecting. Strings are copied. */

@@ -349,9 +349,15 @@ const char *tunnels_resolve(void *arg, const ztm_identity_t *caller, const char 
         ztm_log(ZTM_LOG_INFO, "tunnel.denied", "mesh=%s service=%s caller=%s", m->name, service, caller->name);
         return "not in the service's allow list";
     }
-    /* Resolved again on every connection: a name may move. */
+    /* A name is looked up again when its answer is 30 s old (runtime/
+     * resolver): it may move. Never on this thread. */
     const char *why;
-    if (ztm_addr_parse(t->target, to, &why) < 0) {
+    int e = ztm_resolve(m->a->resolver, t->target, to, &why, NULL, NULL, NULL);
+    if (e == -EINPROGRESS) {
+        t->conns_refused++;
+        return "the exporter is still looking up its target's name; try again";
+    }
+    if (e < 0) {
         t->conns_refused++;
         return "the exporter cannot resolve its target";
     }
@@ -544,6 +550,15 @@ static int import_start(tunnel_t *t, char *err, size_t cap)
     return 0;
 }
 
+static void on_target_resolved(void *arg, int err, const ztm_addr_t *addr, const char *why)
+{
+    tunnel_t *t = arg;
+    t->lookup = NULL;
+    if (err < 0)
+        ztm_log(ZTM_LOG_WARN, "tunnel.target_unresolved", "mesh=%s service=%s target=\"%s\" error=\"%s\"",
+                t->m->name, t->name, t->target, why);
+}
+
 int tunnel_add(mesh_t *m, const tunnel_t *spec, tunnel_t **out, char *err, size_t cap)
 {
     if (!tunnel_name_valid(spec->name)) {
@@ -566,10 +581,14 @@ int tunnel_add(mesh_t *m, const tunnel_t *spec, tunnel_t **out, char *err, size_
     t->udp_imp = NULL;
     t->pending_fds = NULL;
     t->n_pending = t->cap_pending = 0;
+    t->lookup = NULL;
     if (t->export_) {
+        /* A malformed target is refused now; a name is looked up now, off
+         * this thread, so that the first connection finds it known. */
         const char *why;
         ztm_addr_t a;
-        if (ztm_addr_parse(t->target, &a, &why) < 0) {
+        int r = ztm_resolve(m->a->resolver, t->target, &a, &why, on_target_resolved, t, &t->lookup);
+        if (r < 0 && r != -EINPROGRESS) {
             snprintf(err, cap, "--to '%s': %s", t->target, why);
             free(t);
             return -EINVAL;
@@ -592,6 +611,8 @@ int tunnel_add(mesh_t *m, const tunnel_t *spec, tunnel_t **out, char *err, size_
 
 static void tunnel_stop(tunnel_t *t)
 {
+    ztm_resolve_cancel(t->lookup);
+    t->lookup = NULL;
     if (t->acceptor) {
         ztm_acceptor_stop(t->acceptor); /* closes the socket, then frees itself */
         t->acceptor = NULL;

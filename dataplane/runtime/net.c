@@ -29,9 +29,8 @@ static int parse_port(const char *p, unsigned *port)
     return 0;
 }
 
-int ztm_addr_parse(const char *s, ztm_addr_t *out, const char **why)
+int ztm_addr_split(const char *s, char host[ZTM_HOST_MAX + 1], unsigned *port, const char **why)
 {
-    char host[256];
     const char *port_s;
     *why = "invalid address";
     if (!s || !*s) {
@@ -45,7 +44,7 @@ int ztm_addr_parse(const char *s, ztm_addr_t *out, const char **why)
             return -EINVAL;
         }
         size_t hl = (size_t)(end - s - 1);
-        if (hl == 0 || hl >= sizeof(host))
+        if (hl == 0 || hl > ZTM_HOST_MAX)
             return -EINVAL;
         memcpy(host, s + 1, hl);
         host[hl] = 0;
@@ -61,7 +60,7 @@ int ztm_addr_parse(const char *s, ztm_addr_t *out, const char **why)
             return -EINVAL;
         }
         size_t hl = (size_t)(colon - s);
-        if (hl >= sizeof(host)) {
+        if (hl > ZTM_HOST_MAX) {
             *why = "host name too long";
             return -EINVAL;
         }
@@ -69,8 +68,7 @@ int ztm_addr_parse(const char *s, ztm_addr_t *out, const char **why)
         host[hl] = 0;
         port_s = colon + 1;
     }
-    unsigned port;
-    int pr = parse_port(port_s, &port);
+    int pr = parse_port(port_s, port);
     if (pr == -1) {
         *why = *port_s ? "port is not a number" : "missing port (use HOST:PORT)";
         return -EINVAL;
@@ -79,48 +77,72 @@ int ztm_addr_parse(const char *s, ztm_addr_t *out, const char **why)
         *why = "port out of range (0-65535)";
         return -EINVAL;
     }
+    return 0;
+}
 
+void ztm_addr_set_port(ztm_addr_t *a, unsigned port)
+{
+    if (a->ss.ss_family == AF_INET)
+        ((struct sockaddr_in *)&a->ss)->sin_port = htons((uint16_t)port);
+    else if (a->ss.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&a->ss)->sin6_port = htons((uint16_t)port);
+}
+
+int ztm_addr_literal(const char *host, unsigned port, ztm_addr_t *out, const char **why)
+{
     memset(out, 0, sizeof(*out));
+    struct sockaddr_in *in = (struct sockaddr_in *)&out->ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&out->ss;
     if (!host[0] || strcmp(host, "*") == 0) {
-        struct sockaddr_in *in = (struct sockaddr_in *)&out->ss;
         in->sin_family = AF_INET;
-        in->sin_port = htons((uint16_t)port);
         in->sin_addr.s_addr = htonl(INADDR_ANY);
         out->len = sizeof(*in);
-        return 0;
-    }
-    struct sockaddr_in *in = (struct sockaddr_in *)&out->ss;
-    if (inet_pton(AF_INET, host, &in->sin_addr) == 1) {
+    } else if (inet_pton(AF_INET, host, &in->sin_addr) == 1) {
         in->sin_family = AF_INET;
-        in->sin_port = htons((uint16_t)port);
         out->len = sizeof(*in);
-        return 0;
-    }
-    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&out->ss;
-    if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+    } else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
         in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons((uint16_t)port);
         out->len = sizeof(*in6);
-        return 0;
-    }
-    /* A dotted string that is not an IPv4 address is a typo, not a name. */
-    if (strspn(host, "0123456789.") == strlen(host)) {
+    } else if (strspn(host, "0123456789.") == strlen(host)) {
+        /* A dotted string that is not an IPv4 address is a typo, not a name. */
         *why = "invalid IPv4 address";
         return -EINVAL;
+    } else {
+        return 0;
     }
+    ztm_addr_set_port(out, port);
+    return 1;
+}
+
+int ztm_addr_lookup(const char *host, ztm_addr_t *out, const char **why)
+{
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     struct addrinfo *res = NULL;
     if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res) {
         *why = "cannot resolve host name";
         return -EINVAL;
     }
-    memcpy(&out->ss, res->ai_addr, res->ai_addrlen);
-    out->len = res->ai_addrlen;
-    if (out->ss.ss_family == AF_INET)
-        ((struct sockaddr_in *)&out->ss)->sin_port = htons((uint16_t)port);
-    else
-        ((struct sockaddr_in6 *)&out->ss)->sin6_port = htons((uint16_t)port);
+    memset(out, 0, sizeof(*out));
+    size_t n = res->ai_addrlen <= sizeof(out->ss) ? res->ai_addrlen : sizeof(out->ss);
+    memcpy(&out->ss, res->ai_addr, n);
+    out->len = (socklen_t)n;
     freeaddrinfo(res);
+    return 0;
+}
+
+int ztm_addr_parse(const char *s, ztm_addr_t *out, const char **why)
+{
+    char host[ZTM_HOST_MAX + 1];
+    unsigned port;
+    int r = ztm_addr_split(s, host, &port, why);
+    if (r < 0)
+        return r;
+    r = ztm_addr_literal(host, port, out, why);
+    if (r != 0)
+        return r < 0 ? r : 0;
+    if ((r = ztm_addr_lookup(host, out, why)) < 0)
+        return r;
+    ztm_addr_set_port(out, port);
     return 0;
 }
 

@@ -18,6 +18,18 @@ typedef struct {
  * "cannot resolve host", ...). */
 int ztm_addr_parse(const char *s, ztm_addr_t *out, const char **why);
 
+/* The parts of ztm_addr_parse, for callers that resolve names elsewhere
+ * (runtime/resolver). */
+#define ZTM_HOST_MAX 255
+/* "HOST:PORT" or "[IPV6]:PORT" into HOST and *PORT; 0 or -EINVAL, *WHY. */
+int ztm_addr_split(const char *s, char host[ZTM_HOST_MAX + 1], unsigned *port, const char **why);
+/* HOST as a literal (an IP address; "" or "*" for any): 1 with *OUT set;
+ * 0 when HOST is a name; -EINVAL (*WHY) for a malformed IPv4 address. */
+int ztm_addr_literal(const char *host, unsigned port, ztm_addr_t *out, const char **why);
+/* HOST's first address (port 0), by getaddrinfo: blocks. 0 or -EINVAL. */
+int ztm_addr_lookup(const char *host, ztm_addr_t *out, const char **why);
+void ztm_addr_set_port(ztm_addr_t *a, unsigned port);
+
 /* A Unix socket address for PATH. 0 or -ENAMETOOLONG. */
 int ztm_addr_unix(const char *path, ztm_addr_t *out);
 /* "1.2.3.4:80" or "[::1]:80" into BUF (ZTM_ADDRSTRLEN is enough). */
