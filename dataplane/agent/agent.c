@@ -180,6 +180,8 @@ static int psess_start_peer(psess_t *ps)
         .expect_name = ps->outgoing ? ps->peer_name : NULL,
         .resolve = tunnels_resolve,
         .resolve_arg = m,
+        .on_refused = tunnels_refused,
+        .refused_arg = m,
     };
     return ztm_peer_new(m->a->w, &pc, &carrier, ps, &ps->peer);
 }

@@ -120,6 +120,8 @@ void tunnels_load(mesh_t *m);
 /* Writes M's tunnels to DIR/tunnels.conf atomically (0600). */
 int tunnels_save(mesh_t *m);
 tunnel_t *tunnel_find(mesh_t *m, bool export_, const char *name, bool udp);
+/* The exporter refused a connection of our import of SERVICE: count it. */
+void tunnels_refused(void *arg, const char *service, bool udp, int status, const char *why);
 /* Adds and starts a tunnel; on failure writes why into ERR and returns < 0. */
 int tunnel_add(mesh_t *m, const tunnel_t *spec, tunnel_t **out, char *err, size_t cap);
 void tunnel_remove(tunnel_t *t);

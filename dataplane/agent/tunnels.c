@@ -366,6 +366,13 @@ const char *tunnels_resolve(void *arg, const ztm_identity_t *caller, const char 
 }
 
 /* ---- imports: routes and connections ------------------------------------- */
+void tunnels_refused(void *arg, const char *service, bool udp, int status, const char *why)
+{
+    tunnel_t *t = tunnel_find(arg, false, service, udp);
+    if (t)
+        t->conns_refused++;
+}
+
 static void close_pending(tunnel_t *t, const char *why)
 {
     for (unsigned i = 0; i < t->n_pending; i++) {

@@ -566,6 +566,8 @@ int ztm_peer_new(ztm_worker_t *w, const ztm_peer_config_t *cfg, const ztm_peer_c
         snprintf(p->expect_name, sizeof(p->expect_name), "%s", cfg->expect_name);
     p->resolve = cfg->resolve;
     p->resolve_arg = cfg->resolve_arg;
+    p->on_refused = cfg->on_refused;
+    p->refused_arg = cfg->refused_arg;
     p->idle_timeout_ns = cfg->idle_timeout_ns ? cfg->idle_timeout_ns : DEFAULT_IDLE_NS;
     p->udp_idle_timeout_ns =
         cfg->udp_idle_timeout_ns ? cfg->udp_idle_timeout_ns : DEFAULT_UDP_IDLE_NS;

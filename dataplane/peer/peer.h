@@ -77,6 +77,10 @@ typedef struct {
     const char *expect_name; /* client: the endpoint name the peer must have */
     ztm_peer_resolve_fn resolve; /* server: required */
     void *resolve_arg;
+    /* client, optional: the far end refused a stream to SERVICE (STATUS
+     * 403, 404 or 502; WHY its reason). Also logged as tunnel.refused. */
+    void (*on_refused)(void *arg, const char *service, bool udp, int status, const char *why);
+    void *refused_arg;
     uint64_t idle_timeout_ns;    /* no inner streams this long: close (0: 300 s) */
     uint64_t udp_idle_timeout_ns; /* a UDP flow with no datagram this long ends (0: 60 s) */
     uint64_t connect_timeout_ns;  /* exporter: target connect deadline (0: 10 s) */

@@ -48,6 +48,8 @@ struct ztm_peer {
     char expect_name[ZTM_NAME_MAX + 1];
     ztm_peer_resolve_fn resolve;
     void *resolve_arg;
+    void (*on_refused)(void *arg, const char *service, bool udp, int status, const char *why);
+    void *refused_arg;
     uint64_t idle_timeout_ns, udp_idle_timeout_ns, connect_timeout_ns;
 
     ztm_tls_conn_t *tls;

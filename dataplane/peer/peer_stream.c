@@ -639,6 +639,8 @@ static void on_response(ztm_h2_session_t *s, void *user, int32_t id, void *sdata
     p->stats.streams_refused++;
     ztm_log(ZTM_LOG_WARN, "tunnel.refused", "peer=%llu service=%s status=%d error=\"%s\"",
             (unsigned long long)p->id, st->service, resp->status, st->why);
+    if (p->on_refused)
+        p->on_refused(p->refused_arg, st->service, st->udp, resp->status, st->why);
     if (resp->end_stream) {
         /* The exporter is done with the stream: end ours too (a reset would
          * count against the rapid-reset budget of the session). */

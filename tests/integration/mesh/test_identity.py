@@ -83,6 +83,9 @@ def allow_list(hub, alice, bob, carol, echo):
     t = [t for t in alice.tunnels() if t["name"] == "priv"][0]
     zt.check(t["connections_refused"] >= 1, f"alice's export counts {t['connections_refused']} "
              "refused connections, expected >= 1")
+    t = [t for t in carol.tunnels() if t["name"] == "priv"][0]
+    zt.check(t["connections_refused"] >= 1, f"carol's import counts {t['connections_refused']} "
+             "refused connections, expected >= 1 (the exporter refused one)")
     # bob still gets through after carol's refusal
     data = os.urandom(256 << 10)
     zt.check(mc.roundtrip(bport, data) == data, "bob's echo through priv differs")
